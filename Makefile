@@ -1,0 +1,37 @@
+# effrank: `make reproduce` runs the study (default preset: demo), `make test` runs the tests.
+# Both install what they need into .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+KERNEL := effrank
+PRESET ?= demo
+RESULTS ?= results
+ARGS ?=
+
+.PHONY: install test reproduce lab bench clean strip
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (effrank)"
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+reproduce: install
+	$(BIN)/python -m effrank_utils.reproduce --preset $(PRESET) --results $(RESULTS) $(ARGS)
+
+lab: install
+	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+bench: install
+	$(BIN)/python bench/bench.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,336 @@
+"""Low-rank factorization of Vision Transformer blocks.
+
+A student is a copy of the teacher in which chosen linear maps of every transformer block are replaced by a
+rank-``r`` pair ``Linear(in, r, bias=False) -> Linear(r, out)``. Two ViT families are understood:
+
+* timm blocks (``attn.qkv``, ``attn.proj``, ``mlp.fc1``, ``mlp.fc2``) -- any module with ``attn`` and ``mlp``;
+* torchvision ``EncoderBlock`` (``self_attention`` is an ``nn.MultiheadAttention`` with a packed in-projection,
+  ``mlp`` is ``Sequential(Linear, GELU, Dropout, Linear, Dropout)``). Its attention is rebuilt as
+  :class:`SplitMultiheadAttention` with separate q, k, v maps, as the paper's author did.
+
+Target names are architecture-neutral: ``qkv``, ``proj``, ``fc1``, ``fc2`` (aliases ``attn``, ``mlp``, ``all``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("qkv", "proj", "fc1", "fc2")
+TARGET_ALIASES = {"attn": ("qkv", "proj"), "mlp": ("fc1", "fc2"), "all": TARGETS}
+INITS = ("svd", "random", "paper")
+
+
+class LowRankLinear(nn.Module):
+    """``Linear(in, r, bias=False)`` followed by ``Linear(r, out, bias=...)``: a rank-``r`` linear map."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.down = nn.Linear(in_features, rank, bias=False)
+        self.up = nn.Linear(rank, out_features, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense ``out x in`` matrix this pair computes (for inspection, not for training)."""
+        return self.up.weight @ self.down.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.up.bias
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+
+class SplitMultiheadAttention(nn.Module):
+    """Drop-in replacement for ``nn.MultiheadAttention`` (batch-first, self-attention use in torchvision ViTs)
+    whose q, k and v projections are separate modules, so that each can be factorized on its own."""
+
+    def __init__(self, q_proj: nn.Module, k_proj: nn.Module, v_proj: nn.Module, out_proj: nn.Module,
+                 num_heads: int, dropout: float = 0.0, batch_first: bool = True) -> None:
+        super().__init__()
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = q_proj, k_proj, v_proj, out_proj
+        self.num_heads, self.dropout, self.batch_first = num_heads, dropout, batch_first
+
+    @classmethod
+    def from_multihead(cls, mha: nn.MultiheadAttention) -> "SplitMultiheadAttention":
+        """Split a packed ``nn.MultiheadAttention`` into exact dense q, k, v, out projections."""
+        if not mha._qkv_same_embed_dim or mha.bias_k is not None or mha.add_zero_attn:
+            raise ValueError("model: only plain self-attention nn.MultiheadAttention layers can be factorized")
+        dim = mha.embed_dim
+        projections = []
+        for i in range(3):
+            lin = nn.Linear(dim, dim, bias=mha.in_proj_bias is not None)
+            with torch.no_grad():
+                lin.weight.copy_(mha.in_proj_weight[i * dim:(i + 1) * dim])
+                if mha.in_proj_bias is not None:
+                    lin.bias.copy_(mha.in_proj_bias[i * dim:(i + 1) * dim])
+            projections.append(lin)
+        out = nn.Linear(dim, dim, bias=mha.out_proj.bias is not None)
+        out.load_state_dict(mha.out_proj.state_dict())
+        return cls(*projections, out, mha.num_heads, mha.dropout, mha.batch_first)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, need_weights: bool = False,
+                **_: object) -> tuple[torch.Tensor, None]:
+        if not self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        b, n, _ = query.shape
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(b, t.shape[1], self.num_heads, -1).transpose(1, 2)
+
+        q, k, v = heads(self.q_proj(query)), heads(self.k_proj(key)), heads(self.v_proj(value))
+        dropout = self.dropout if self.training else 0.0
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        x = self.out_proj(x.transpose(1, 2).reshape(b, n, -1))
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        return x, None
+
+
+# ----------------------------------------------------------------------------------------------- discovery
+@dataclass(frozen=True)
+class TargetLayer:
+    """One linear map chosen for factorization: where it lives and its shape."""
+
+    name: str            # dotted path of the linear map in the (student) model
+    target: str          # one of TARGETS
+    in_features: int
+    out_features: int
+    bias: bool
+
+
+def transformer_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The model's transformer blocks: timm-style (``attn`` + ``mlp``) or torchvision-style
+    (``self_attention`` + ``mlp``), in module order."""
+    blocks = []
+    for name, module in model.named_modules():
+        if hasattr(module, "mlp") and (hasattr(module, "attn") or hasattr(module, "self_attention")):
+            blocks.append((name, module))
+    return blocks
+
+
+def block_attention(block: nn.Module) -> nn.Module:
+    """The attention sub-module of a block (timm ``attn`` or torchvision ``self_attention``)."""
+    return block.attn if hasattr(block, "attn") else block.self_attention
+
+
+def resolve_targets(targets: str | Iterable[str]) -> tuple[str, ...]:
+    """Expand aliases and validate target names; returns them in canonical order."""
+    names = [targets] if isinstance(targets, str) else list(targets)
+    chosen: set[str] = set()
+    for name in names:
+        if name in TARGET_ALIASES:
+            chosen.update(TARGET_ALIASES[name])
+        elif name in TARGETS:
+            chosen.add(name)
+        else:
+            allowed = ", ".join(TARGETS + tuple(TARGET_ALIASES))
+            raise ValueError(f"targets: unknown target {name!r}; allowed: {allowed}")
+    if not chosen:
+        raise ValueError("targets: empty; choose at least one of " + ", ".join(TARGETS))
+    return tuple(t for t in TARGETS if t in chosen)
+
+
+def _block_linears(block: nn.Module) -> Iterator[tuple[str, str, nn.Module]]:
+    """(target, relative path, module) for every factorizable linear map of one block."""
+    mlp = block.mlp
+    if hasattr(block, "attn"):  # timm
+        attn = block.attn
+        for target, owner, attr, path in (("qkv", attn, "qkv", "attn.qkv"), ("proj", attn, "proj", "attn.proj"),
+                                          ("fc1", mlp, "fc1", "mlp.fc1"), ("fc2", mlp, "fc2", "mlp.fc2")):
+            module = getattr(owner, attr, None)
+            if module is not None:
+                yield target, path, module
+        return
+    attn = block.self_attention  # torchvision
+    if isinstance(attn, nn.MultiheadAttention):
+        dim, bias = attn.embed_dim, attn.in_proj_bias is not None
+        for part in ("q", "k", "v"):
+            yield "qkv", f"self_attention.{part}_proj", _ShapeOnly(dim, dim, bias)
+        yield "proj", "self_attention.out_proj", attn.out_proj
+    else:
+        for part in ("q", "k", "v"):
+            yield "qkv", f"self_attention.{part}_proj", getattr(attn, f"{part}_proj")
+        yield "proj", "self_attention.out_proj", attn.out_proj
+    linears = [m for m in mlp if isinstance(m, (nn.Linear, LowRankLinear))]
+    if len(linears) == 2:
+        index = [i for i, m in enumerate(mlp) if isinstance(m, (nn.Linear, LowRankLinear))]
+        yield "fc1", f"mlp.{index[0]}", linears[0]
+        yield "fc2", f"mlp.{index[1]}", linears[1]
+
+
+class _ShapeOnly:
+    """Shape of a q/k/v slice of a packed in-projection (it is not a module of its own before splitting)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
+        self.in_features, self.out_features, self.bias = in_features, out_features, bias
+
+
+def target_layers(model: nn.Module, targets: str | Iterable[str] = "all") -> list[TargetLayer]:
+    """Every linear map of every transformer block selected by ``targets`` (paths as in the student)."""
+    wanted = resolve_targets(targets)
+    found = []
+    for block_name, block in transformer_blocks(model):
+        for target, path, module in _block_linears(block):
+            if target not in wanted:
+                continue
+            if not isinstance(module, (nn.Linear, LowRankLinear, _ShapeOnly)):
+                continue  # e.g. a conv-style MLP in an exotic timm model
+            bias = module.bias is not None if not isinstance(module, _ShapeOnly) else module.bias
+            prefix = f"{block_name}." if block_name else ""
+            found.append(TargetLayer(prefix + path, target, module.in_features, module.out_features, bool(bias)))
+    return found
+
+
+# --------------------------------------------------------------------------------------------- factorize
+def _validate(model: nn.Module, rank: object, init: str, layers: Sequence[TargetLayer]) -> int:
+    if init not in INITS:
+        raise ValueError(f"init: unknown initialization {init!r}; allowed: {', '.join(INITS)}")
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
+        raise ValueError(f"rank: must be a positive integer, got {rank!r}")
+    if not layers:
+        raise ValueError(f"model: no targeted linear layers found in {type(model).__name__}; factorization "
+                         "understands timm ViT blocks (attn.qkv/attn.proj/mlp.fc1/mlp.fc2) and torchvision "
+                         "EncoderBlocks")
+    limit = min(min(layer.in_features, layer.out_features) for layer in layers)
+    if rank > limit:
+        raise ValueError(f"rank: {rank} exceeds min(in, out) = {limit} of a targeted layer; allowed: 1..{limit}")
+    return rank
+
+
+def _factor(linear: nn.Linear, rank: int, init: str) -> LowRankLinear:
+    """A rank-``rank`` pair for ``linear``; ``svd`` gives the best approximation (Eckart-Young)."""
+    w = linear.weight.detach()
+    pair = LowRankLinear(linear.in_features, linear.out_features, rank, bias=linear.bias is not None)
+    pair.to(device=w.device, dtype=w.dtype)
+    if init == "svd":
+        u, s, vh = torch.linalg.svd(w.float(), full_matrices=False)
+        root = s[:rank].sqrt()
+        with torch.no_grad():
+            pair.down.weight.copy_((root[:, None] * vh[:rank]).to(w.dtype))
+            pair.up.weight.copy_((u[:, :rank] * root[None, :]).to(w.dtype))
+            if linear.bias is not None:
+                pair.up.bias.copy_(linear.bias)
+    return pair
+
+
+def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, attr = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    setattr(parent, attr, module)
+
+
+def _reset_parameters(module: nn.Module) -> None:
+    """Re-initialize every sub-module that knows how (PyTorch defaults; LayerNorm to 1/0)."""
+    for m in module.modules():
+        reset = getattr(m, "reset_parameters", None)
+        if callable(reset):
+            reset()
+
+
+def _head(model: nn.Module) -> nn.Module | None:
+    if hasattr(model, "heads"):  # torchvision
+        return model.heads
+    head = getattr(model, "head", None)
+    return head if isinstance(head, nn.Module) else None
+
+
+def _final_norms(model: nn.Module) -> list[nn.Module]:
+    names = ("norm", "fc_norm", "norm_pre")
+    norms = [getattr(model, n) for n in names if isinstance(getattr(model, n, None), nn.Module)]
+    encoder = getattr(model, "encoder", None)
+    if encoder is not None and isinstance(getattr(encoder, "ln", None), nn.Module):
+        norms.append(encoder.ln)
+    return norms
+
+
+def factorize(teacher: nn.Module, rank: int, *, init: str = "svd", targets: str | Iterable[str] = "all",
+              seed: int | None = None) -> nn.Module:
+    """Return a new student whose targeted block linears are rank-``rank`` :class:`LowRankLinear` pairs.
+
+    ``init`` is ``svd`` (truncated SVD of the teacher weight, sqrt(S) split between the factors; exact at
+    full rank), ``random`` (PyTorch default init of the factor layers, everything else copied), or ``paper``
+    (the author's: fresh transformer blocks and head, embeddings copied). ``seed`` makes random parts
+    reproducible without touching the global RNG. The teacher is not modified.
+    """
+    layers = target_layers(teacher, targets)
+    rank = _validate(teacher, rank, init, layers)
+    _warn_break_even(layers, rank)
+    student = copy.deepcopy(teacher)
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        for block_name, block in transformer_blocks(student):
+            attn = block_attention(block)
+            if isinstance(attn, nn.MultiheadAttention):
+                block.self_attention = SplitMultiheadAttention.from_multihead(attn)
+        for layer in layers:
+            _set_submodule(student, layer.name, _factor(student.get_submodule(layer.name), rank, init))
+        if init == "paper":
+            for _, block in transformer_blocks(student):
+                _reset_parameters(block)
+            for module in [_head(student), *_final_norms(student)]:
+                if module is not None:
+                    _reset_parameters(module)
+    return student
+
+
+# ------------------------------------------------------------------------------------------- accounting
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (all, trainable or not)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def low_rank_parameters(in_features: int, out_features: int, rank: int, bias: bool = True) -> int:
+    """Parameters of a rank-``rank`` pair: ``rank * (in + out)`` plus the output bias."""
+    return rank * (in_features + out_features) + (out_features if bias else 0)
+
+
+def break_even_rank(in_features: int, out_features: int) -> float:
+    """Rank ``in*out/(in+out)`` at or above which a factorized layer has no fewer weights than the dense one."""
+    return in_features * out_features / (in_features + out_features)
+
+
+def _warn_break_even(layers: Sequence[TargetLayer], rank: int) -> None:
+    wasteful = sorted({layer.target for layer in layers
+                       if rank >= break_even_rank(layer.in_features, layer.out_features)})
+    if wasteful:
+        warnings.warn(f"rank {rank} is at or above the break-even rank of the {', '.join(wasteful)} layers: "
+                      "factorizing them saves no parameters", stacklevel=3)
+
+
+def parameter_report(teacher: nn.Module, rank: int, targets: str | Iterable[str] = "all") -> dict:
+    """Parameter accounting for a rank-``rank`` student of ``teacher`` (computed, nothing is built).
+
+    Returns ``teacher_params``, ``student_params``, ``compression`` (teacher / student) and ``layers``: one
+    dict per targeted layer with its shape, dense and factorized counts and break-even rank.
+    """
+    layers = target_layers(teacher, targets)
+    _validate(teacher, rank, "svd", layers)
+    rows = []
+    for layer in layers:
+        dense = layer.in_features * layer.out_features + (layer.out_features if layer.bias else 0)
+        rows.append({
+            "name": layer.name, "target": layer.target, "in": layer.in_features, "out": layer.out_features,
+            "dense_params": dense,
+            "low_rank_params": low_rank_parameters(layer.in_features, layer.out_features, rank, layer.bias),
+            "break_even_rank": break_even_rank(layer.in_features, layer.out_features),
+        })
+    teacher_params = count_parameters(teacher)
+    student_params = teacher_params + sum(r["low_rank_params"] - r["dense_params"] for r in rows)
+    return {"rank": rank, "teacher_params": teacher_params, "student_params": student_params,
+            "compression": teacher_params / student_params, "layers": rows}

@@ -1,0 +1,234 @@
+"""The study's configuration: one flat, frozen record, validated before any compute starts."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .curves import REFERENCE_CHOICES, validate_band
+from .factorize import INITS, resolve_targets
+
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+LOSSES = ("geometric", "kd", "logits")
+SCHEDULES = ("cosine", "constant")
+NORMALIZATIONS = ("dataset", "imagenet")
+DEVICES = ("auto", "cpu", "cuda")
+SWEEP_MODES = ("grid", "adaptive")
+SMALL_VIT = "small_vit"
+TORCHVISION_VIT = "vit_b_32"
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything that defines a study. Presets fill it; any field can be overridden by name."""
+
+    preset: str = "custom"
+    # data
+    dataset: str = "digits"
+    data_root: str | None = None       # cifar10/cifar100: torchvision root; imagefolder: folder with train/ test/
+    download: bool = False
+    train_subset: int | None = None    # stratified subset of the training split
+    crop_padding: int = 0              # random crop with this zero padding (0: off)
+    hflip: bool = False
+    normalization: str = "dataset"     # per-channel stats of the training split, or ImageNet's
+    # model
+    model: str = SMALL_VIT             # small_vit, vit_b_32 (torchvision) or any timm model name
+    pretrained: bool = False
+    image_size: int = 8                # model input size; batches are resized to it when it differs
+    patch_size: int = 2                # small_vit only, as are the next four
+    embed_dim: int = 64
+    depth: int = 4
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    # teacher
+    teacher_epochs: int = 60
+    teacher_lr: float = 1e-3
+    teacher_weight_decay: float = 0.05
+    teacher_batch_size: int = 64
+    teacher_warmup_epochs: int = 5
+    teacher_schedule: str = "cosine"
+    # students
+    ranks: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    seeds: tuple[int, ...] = (0,)
+    init: str = "svd"
+    loss: str = "kd"
+    kd_temperature: float = 4.0
+    kd_alpha: float = 0.5              # kd: alpha * KD + (1 - alpha) * CE
+    targets: tuple[str, ...] = ("all",)
+    student_epochs: int = 20
+    student_lr: float = 1e-3
+    student_weight_decay: float = 0.01
+    student_batch_size: int = 64
+    student_warmup_epochs: int = 0
+    student_schedule: str = "cosine"
+    # execution
+    seed: int = 0                      # data split and teacher
+    device: str = "auto"
+    amp: bool = False                  # bf16 autocast (CUDA only)
+    checkpoint_every: int = 1          # epochs between resumable checkpoints (0: only at the end)
+    eval_batch_size: int = 512
+    fuse: int = 1                      # students trained in lockstep per group (1: one at a time)
+    sweep_mode: str = "grid"           # grid: the listed ranks; adaptive: refine crossings and knee
+    refine_rounds: int = 4
+    # analysis
+    band: tuple[float, float] = (0.85, 0.95)
+    reference: str | float = "teacher"
+
+    def replace(self, **overrides: Any) -> "StudyConfig":
+        """A validated copy with some fields changed."""
+        return make_config(dataclasses.asdict(self) | overrides)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELD_NAMES = tuple(f.name for f in fields(StudyConfig))
+TEACHER_FIELDS = ("dataset", "train_subset", "crop_padding", "hflip", "normalization", "model", "pretrained",
+                  "image_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "teacher_epochs",
+                  "teacher_lr", "teacher_weight_decay", "teacher_batch_size", "teacher_warmup_epochs",
+                  "teacher_schedule", "seed")
+STUDENT_FIELDS = ("init", "loss", "kd_temperature", "kd_alpha", "targets", "student_epochs", "student_lr",
+                  "student_weight_decay", "student_batch_size", "student_warmup_epochs", "student_schedule")
+
+
+def _positive_int(name: str, value: Any, allow_zero: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
+        bound = ">= 0" if allow_zero else ">= 1"
+        raise ValueError(f"{name}: must be an integer {bound}, got {value!r}")
+    return value
+
+
+def _positive_float(name: str, value: Any, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value) \
+            or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name}: must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+    return float(value)
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name}: unknown value {value!r}; allowed: {', '.join(allowed)}")
+    return value
+
+
+def _int_list(name: str, value: Any, allow_zero: bool = False) -> tuple[int, ...]:
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
+        value = [value]
+    try:
+        items = list(value)
+    except TypeError:
+        raise ValueError(f"{name}: expected a list of integers, got {value!r}") from None
+    if not items:
+        raise ValueError(f"{name}: empty; give at least one value")
+    out = tuple(_positive_int(name, v, allow_zero) for v in items)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name}: duplicated values in {list(out)}")
+    return tuple(sorted(out))
+
+
+def _validate_fields(values: dict) -> dict:
+    """Check each field on its own; returns normalized values (tuples, floats)."""
+    v = dict(values)
+    _choice("dataset", v["dataset"], DATASETS)
+    _choice("normalization", v["normalization"], NORMALIZATIONS)
+    _choice("device", v["device"], DEVICES)
+    _choice("init", v["init"], INITS)
+    _choice("loss", v["loss"], LOSSES)
+    _choice("sweep_mode", v["sweep_mode"], SWEEP_MODES)
+    for name in ("teacher_schedule", "student_schedule"):
+        _choice(name, v[name], SCHEDULES)
+    if not isinstance(v["model"], str) or not v["model"]:
+        raise ValueError(f"model: expected a model name, got {v['model']!r}")
+    for name in ("image_size", "patch_size", "embed_dim", "depth", "num_heads", "teacher_epochs",
+                 "teacher_batch_size", "student_epochs", "student_batch_size", "eval_batch_size", "fuse",
+                 "refine_rounds"):
+        v[name] = _positive_int(name, v[name])
+    for name in ("crop_padding", "teacher_warmup_epochs", "student_warmup_epochs", "checkpoint_every", "seed"):
+        v[name] = _positive_int(name, v[name], allow_zero=True)
+    if v["train_subset"] is not None:
+        v["train_subset"] = _positive_int("train_subset", v["train_subset"])
+    for name in ("teacher_lr", "student_lr", "kd_temperature", "mlp_ratio"):
+        v[name] = _positive_float(name, v[name])
+    for name in ("teacher_weight_decay", "student_weight_decay"):
+        v[name] = _positive_float(name, v[name], allow_zero=True)
+    v["kd_alpha"] = _positive_float("kd_alpha", v["kd_alpha"], allow_zero=True)
+    if v["kd_alpha"] > 1:
+        raise ValueError(f"kd_alpha: must lie in [0, 1], got {v['kd_alpha']!r}")
+    for name in ("download", "hflip", "pretrained", "amp"):
+        if not isinstance(v[name], bool):
+            raise ValueError(f"{name}: must be true or false, got {v[name]!r}")
+    v["ranks"] = _int_list("ranks", v["ranks"])
+    v["seeds"] = _int_list("seeds", v["seeds"], allow_zero=True)
+    targets = [v["targets"]] if isinstance(v["targets"], str) else list(v["targets"])
+    resolve_targets(targets)
+    v["targets"] = tuple(targets)
+    v["band"] = validate_band(v["band"])
+    reference = v["reference"]
+    if isinstance(reference, str):
+        if reference not in REFERENCE_CHOICES:
+            raise ValueError(f"reference: {reference!r} is not a number or one of {', '.join(REFERENCE_CHOICES)}")
+    else:
+        v["reference"] = _positive_float("reference", reference)
+    return v
+
+
+def _validate_combination(v: dict) -> None:
+    """Checks that involve several fields (still nothing heavy: no data or weights are loaded)."""
+    if v["model"] == SMALL_VIT:
+        if v["image_size"] % v["patch_size"]:
+            raise ValueError(f"patch_size: {v['patch_size']} does not divide image_size {v['image_size']}")
+        if v["embed_dim"] % v["num_heads"]:
+            raise ValueError(f"num_heads: {v['num_heads']} does not divide embed_dim {v['embed_dim']}")
+        limit = v["embed_dim"]  # every targeted map of a small ViT has min(in, out) = embed_dim
+        if max(v["ranks"]) > limit:
+            raise ValueError(f"ranks: {max(v['ranks'])} exceeds the layer dimension; allowed: 1..{limit} "
+                             f"(embed_dim={limit})")
+    if v["model"] == TORCHVISION_VIT:
+        if v["image_size"] != 224:
+            raise ValueError(f"image_size: vit_b_32 takes 224-pixel input, got {v['image_size']}")
+        if max(v["ranks"]) > 768:
+            raise ValueError(f"ranks: {max(v['ranks'])} exceeds the layer dimension; allowed: 1..768")
+    if v["pretrained"] and v["normalization"] != "imagenet":
+        raise ValueError("normalization: pretrained weights expect 'imagenet' normalization, got "
+                         f"{v['normalization']!r}")
+    if v["dataset"] == "imagefolder" and not v["data_root"]:
+        raise ValueError("data_root: the imagefolder dataset needs a folder holding train/ and test/ (or val/)")
+    if v["dataset"] == "imagefolder":
+        root = Path(os.path.expanduser(v["data_root"]))
+        if not root.is_dir():
+            raise ValueError(f"data_root: {str(root)!r} does not exist")
+        if not (root / "train").is_dir() or not ((root / "test").is_dir() or (root / "val").is_dir()):
+            raise ValueError(f"data_root: {str(root)!r} must hold train/ and test/ (or val/) class folders")
+    if v["device"] == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise ValueError("device: 'cuda' was asked for but no CUDA device is available; use 'auto' or 'cpu'")
+
+
+def make_config(values: dict) -> StudyConfig:
+    """Build a validated :class:`StudyConfig` from a dict; unknown keys are refused by name."""
+    unknown = sorted(set(values) - set(FIELD_NAMES))
+    if unknown:
+        raise ValueError(f"unknown config field(s) {', '.join(map(repr, unknown))}; known fields: "
+                         + ", ".join(FIELD_NAMES))
+    merged = {f.name: f.default for f in fields(StudyConfig)} | dict(values)
+    normalized = _validate_fields(merged)
+    _validate_combination(normalized)
+    return StudyConfig(**normalized)
+
+
+def config_from_json(data: dict) -> StudyConfig:
+    """Rebuild a config saved with :meth:`StudyConfig.to_dict` (lists become tuples again)."""
+    return make_config(data)
+
+
+def diff(saved: dict, current: dict, names: tuple[str, ...]) -> dict[str, tuple[Any, Any]]:
+    """Fields among ``names`` whose saved and current values differ (JSON round-trip aware)."""
+    def norm(x: Any) -> Any:
+        return list(x) if isinstance(x, tuple) else x
+
+    return {n: (saved.get(n), current.get(n)) for n in names if norm(saved.get(n)) != norm(current.get(n))}

@@ -1,0 +1,99 @@
+"""Distillation losses (``geometric``, ``kd``, ``logits``) and the loss function that trains students from a
+teacher whose forward pass is computed once per batch and shared by every student of a group."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .factorize import block_attention, transformer_blocks
+
+LOSSES = ("geometric", "kd", "logits")
+
+
+@contextlib.contextmanager
+def feature_taps(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Forward hooks on every block's attention and MLP; yields the list their outputs are appended to (in
+    call order: block 0 attention, block 0 MLP, block 1 attention, ...). Cleared by the caller per batch."""
+    captured: list[torch.Tensor] = []
+
+    def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+        captured.append(output[0] if isinstance(output, tuple) else output)
+
+    handles = []
+    for _, block in transformer_blocks(model):
+        handles.append(block_attention(block).register_forward_hook(hook))
+        handles.append(block.mlp.register_forward_hook(hook))
+    if not handles:
+        raise ValueError(f"loss: the geometric loss found no transformer blocks in {type(model).__name__}")
+    try:
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def mse_cosine(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """MSE + (1 - cosine similarity along the last (feature) dimension), both averaged."""
+    s, t = student.float(), teacher.float()
+    return F.mse_loss(s, t) + (1 - F.cosine_similarity(s, t, dim=-1)).mean()
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+            temperature: float, alpha: float) -> torch.Tensor:
+    """Hinton: ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, labels)``."""
+    t = temperature
+    kl = F.kl_div(F.log_softmax(student_logits.float() / t, dim=-1), F.log_softmax(teacher_logits.float() / t, dim=-1),
+                  reduction="batchmean", log_target=True)
+    return alpha * t * t * kl + (1 - alpha) * F.cross_entropy(student_logits.float(), labels)
+
+
+def geometric_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                   student_features: Sequence[torch.Tensor], teacher_features: Sequence[torch.Tensor]
+                   ) -> torch.Tensor:
+    """The paper author's loss: mean over block outputs (attention, MLP) and logits of MSE + (1 - cosine)."""
+    if len(student_features) != len(teacher_features):
+        raise ValueError(f"loss: student has {len(student_features)} hooked sites, teacher "
+                         f"{len(teacher_features)}; the geometric loss needs the same depth")
+    terms = [mse_cosine(s, t) for s, t in zip(student_features, teacher_features)]
+    terms.append(mse_cosine(student_logits, teacher_logits))
+    return torch.stack(terms).mean()
+
+
+class DistillationLoss:
+    """Loss function for :func:`~effrank_utils.training.fit`: the teacher runs once per batch (eval mode, no
+    gradients) and every student of the group is scored against the same outputs."""
+
+    def __init__(self, teacher: nn.Module, loss: str, temperature: float = 4.0, alpha: float = 0.5) -> None:
+        if loss not in LOSSES:
+            raise ValueError(f"loss: unknown loss {loss!r}; allowed: {', '.join(LOSSES)}")
+        self.teacher, self.loss, self.temperature, self.alpha = teacher.eval(), loss, temperature, alpha
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def teacher_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Teacher logits and (for ``geometric``) its hooked block outputs."""
+        if self.loss != "geometric":
+            return self.teacher(x), []
+        with feature_taps(self.teacher) as feats:
+            logits = self.teacher(x)
+        return logits, list(feats)
+
+    def student_loss(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor,
+                     teacher_features: Sequence[torch.Tensor]) -> torch.Tensor:
+        if self.loss == "kd":
+            return kd_loss(student(x), teacher_logits, y, self.temperature, self.alpha)
+        if self.loss == "logits":
+            return mse_cosine(student(x), teacher_logits)
+        with feature_taps(student) as feats:
+            logits = student(x)
+        return geometric_loss(logits, teacher_logits, feats, teacher_features)
+
+    def __call__(self, students: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+        t_logits, t_feats = self.teacher_outputs(x)
+        return [self.student_loss(s, x, y, t_logits, t_feats) for s in students]

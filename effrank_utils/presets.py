@@ -1,0 +1,62 @@
+"""Named presets: a preset is a set of :class:`~effrank_utils.config.StudyConfig` field values.
+
+* ``smoke``  -- seconds; what the tests run.
+* ``demo``   -- the embedded default of ``make reproduce``: offline ``digits``, a small ViT, SVD + KD students.
+* ``cifar10-cpu`` -- CIFAR-10 (torchvision download, or an ImageFolder root) and a small ViT; ~an hour on a CPU.
+* ``paper``  -- the author's protocol for a GPU: torchvision ViT-B/32 (ImageNet weights) on CIFAR-100.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .config import StudyConfig, make_config
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": dict(
+        dataset="digits", train_subset=300, image_size=8, patch_size=4, embed_dim=16, depth=1, num_heads=2,
+        mlp_ratio=2.0, teacher_epochs=3, teacher_lr=3e-3, teacher_warmup_epochs=0, teacher_batch_size=64,
+        ranks=(1, 2, 4, 8), init="svd", loss="kd", student_epochs=1, student_lr=3e-3, student_batch_size=64,
+        eval_batch_size=512,
+    ),
+    "demo": dict(
+        dataset="digits", crop_padding=1, image_size=8, patch_size=2, embed_dim=64, depth=4, num_heads=4,
+        mlp_ratio=2.0, teacher_epochs=60, teacher_lr=2e-3, teacher_weight_decay=0.05, teacher_batch_size=64,
+        teacher_warmup_epochs=3, ranks=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64), init="svd", loss="kd",
+        kd_temperature=4.0, kd_alpha=0.5, student_epochs=10, student_lr=1e-3, student_batch_size=64,
+    ),
+    "cifar10-cpu": dict(
+        dataset="cifar10", crop_padding=4, hflip=True, image_size=32, patch_size=4, embed_dim=128, depth=6,
+        num_heads=4, mlp_ratio=2.0, teacher_epochs=30, teacher_lr=1e-3, teacher_weight_decay=0.05,
+        teacher_batch_size=128, teacher_warmup_epochs=2, ranks=(1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128),
+        init="svd", loss="kd", student_epochs=3, student_lr=5e-4, student_batch_size=128,
+    ),
+    "paper": dict(
+        dataset="cifar100", download=True, crop_padding=4, hflip=True, normalization="imagenet", model="vit_b_32",
+        pretrained=True, image_size=224, teacher_epochs=20, teacher_lr=1e-4, teacher_weight_decay=0.01,
+        teacher_batch_size=32, teacher_warmup_epochs=0, teacher_schedule="constant",
+        ranks=(2, 4, 8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256), init="paper", loss="geometric",
+        student_epochs=200, student_lr=1e-4, student_weight_decay=0.01, student_batch_size=24,
+        student_schedule="constant", eval_batch_size=256, amp=True,
+    ),
+}
+
+#: Environment variable that points presets at a local CIFAR-10 ImageFolder tree (train/ and test/).
+CIFAR10_FOLDER_ENV = "EFFRANK_CIFAR10_FOLDER"
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    """The field values of a preset (environment-aware for ``cifar10-cpu``)."""
+    if name not in PRESETS:
+        raise ValueError(f"preset: unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
+    values = dict(PRESETS[name], preset=name)
+    if name == "cifar10-cpu" and os.environ.get(CIFAR10_FOLDER_ENV):
+        values.update(dataset="imagefolder", data_root=os.environ[CIFAR10_FOLDER_ENV])
+    return values
+
+
+def load_preset(name: str, **overrides: Any) -> StudyConfig:
+    """A validated config: the preset's values with ``overrides`` applied (unknown names are refused)."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return make_config(preset_values(name) | overrides)

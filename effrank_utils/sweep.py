@@ -1,0 +1,244 @@
+"""The rank sweep: one distilled student per (rank, seed), resumable and safe to run from several processes.
+
+Layout of a run directory::
+
+    config.json            the study's config (a rerun with a different one is refused)
+    teacher.pt ...         see :mod:`effrank_utils.teacher`
+    tasks/<task>.json      one finished task's row, written atomically (the source of truth)
+    tasks/<task>.lock      held while a process trains that task (released by the kernel if it dies)
+    tasks/<group>.state.pt resumable checkpoint of a group of students being trained
+    sweep.csv              all finished rows, sorted by (rank, seed), rebuilt atomically after every task
+
+Every task is a function of (config, rank, seed) only; fused groups (``fuse > 1``) train several ranks of one
+seed in lockstep on one batch stream and give the same rows as training them one by one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .config import STUDENT_FIELDS, TEACHER_FIELDS, StudyConfig, config_from_json, diff
+from .data import ImageData, load_data_for, pipeline_for
+from .distill import DistillationLoss
+from .factorize import count_parameters, factorize, target_layers
+from .models import build_model, resolve_device
+from .storage import ensure_writable_dir, file_lock, read_json, write_json, write_text
+from .teacher import Teacher, train_teacher
+from .training import Recipe, evaluate, fit
+
+log = logging.getLogger(__name__)
+
+SWEEP_CSV = "sweep.csv"
+CONFIG_JSON = "config.json"
+TASK_DIR = "tasks"
+COLUMNS = ("rank", "seed", "status", "params", "teacher_params", "compression", "final_accuracy",
+           "best_accuracy", "best_epoch", "zero_shot_accuracy", "epochs", "init", "loss", "seconds", "failure")
+IDENTITY_FIELDS = TEACHER_FIELDS + STUDENT_FIELDS
+
+
+@dataclass(frozen=True, order=True)
+class Task:
+    """One student: a rank and a seed."""
+
+    rank: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"r{self.rank:05d}_s{self.seed}"
+
+
+def student_recipe(config: StudyConfig) -> Recipe:
+    return Recipe(config.student_epochs, config.student_lr, config.student_weight_decay,
+                  config.student_warmup_epochs, config.student_schedule)
+
+
+# ----------------------------------------------------------------------------------------- run directory
+def prepare_run(config: StudyConfig, run_dir: str | Path) -> Path:
+    """Check that ``run_dir`` is writable and either new or made by the same study; save ``config.json``.
+
+    Ranks, seeds, band, reference and execution settings may change between runs of one study (a sweep can be
+    extended); the fields that define the teacher and the students may not.
+    """
+    run_dir = ensure_writable_dir(run_dir)
+    path = run_dir / CONFIG_JSON
+    if path.exists():
+        saved = read_json(path)
+        mismatch = diff(saved, config.to_dict(), IDENTITY_FIELDS)
+        if mismatch:
+            details = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in mismatch.items())
+            raise ValueError(f"run_dir: {run_dir} holds a study with a different config ({details}). "
+                             "Use a new run directory (or delete this one) instead of mixing results.")
+    write_json(path, config.to_dict())
+    return run_dir
+
+
+def load_run_config(run_dir: str | Path) -> StudyConfig:
+    """The config saved in a run directory."""
+    return config_from_json(read_json(Path(run_dir) / CONFIG_JSON))
+
+
+def finished_rows(run_dir: str | Path) -> list[dict]:
+    """Rows of every finished task, sorted by (rank, seed)."""
+    rows = [read_json(p) for p in sorted((Path(run_dir) / TASK_DIR).glob("r*_s*.json"))]
+    return sorted(rows, key=lambda r: (r["rank"], r["seed"]))
+
+
+def write_sweep_csv(run_dir: str | Path) -> Path:
+    """Rebuild ``sweep.csv`` from the finished tasks (atomic; serialized between processes)."""
+    run_dir = Path(run_dir)
+    with file_lock(run_dir / TASK_DIR / "sweep.lock"):
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for row in finished_rows(run_dir):
+            writer.writerow({k: row.get(k) for k in COLUMNS})
+        return write_text(run_dir / SWEEP_CSV, out.getvalue())
+
+
+def read_sweep(run_dir: str | Path) -> pd.DataFrame:
+    """``sweep.csv`` as a DataFrame (empty with the right columns if nothing has finished)."""
+    path = Path(run_dir) / SWEEP_CSV
+    if not path.exists():
+        return pd.DataFrame(columns=list(COLUMNS))
+    return pd.read_csv(path)
+
+
+# ---------------------------------------------------------------------------------------------- students
+def _row(task: Task, config: StudyConfig, teacher_params: int, params: int, zero_shot: float, result,
+         seconds: float) -> dict:
+    best = max(result.history, key=lambda h: h["test_accuracy"], default=None)
+    return {"rank": task.rank, "seed": task.seed, "status": "failed" if result.failure else "ok",
+            "params": params, "teacher_params": teacher_params, "compression": teacher_params / params,
+            "final_accuracy": result.final_accuracy, "best_accuracy": result.best_accuracy,
+            "best_epoch": best["epoch"] if best else None, "zero_shot_accuracy": zero_shot,
+            "epochs": len(result.history), "init": config.init, "loss": config.loss,
+            "seconds": round(seconds, 3), "failure": result.failure}
+
+
+def train_students(config: StudyConfig, teacher: torch.nn.Module, data: ImageData, tasks: Sequence[Task],
+                   state_path: Path | None = None) -> list[dict]:
+    """Build, distill and evaluate the students of ``tasks`` (one seed) in lockstep; one row per task.
+
+    The result for a task depends only on (config, rank, seed): the batch stream is seeded by the task seed
+    and random student parts by (rank, seed).
+    """
+    seeds = {t.seed for t in tasks}
+    if len(seeds) != 1:
+        raise ValueError(f"tasks: a fused group shares one batch stream, so one seed; got {sorted(seeds)}")
+    (seed,) = seeds
+    device = resolve_device(config.device)
+    data = data.to(device)
+    teacher = teacher.to(device).eval()
+    pipeline = pipeline_for(config, data, config.student_batch_size)
+    students = [factorize(teacher, t.rank, init=config.init, targets=config.targets,
+                          seed=seed * 100_003 + t.rank).to(device) for t in tasks]
+    zero_shot = [evaluate(s, pipeline, config.amp) for s in students]
+    tic = time.perf_counter()
+    loss = DistillationLoss(teacher, config.loss, config.kd_temperature, config.kd_alpha)
+    label = ",".join(str(t.rank) for t in tasks)
+    results = fit(students, loss, pipeline, student_recipe(config), seed=seed, amp=config.amp,
+                  state_path=state_path, checkpoint_every=config.checkpoint_every,
+                  desc=f"rank {label} seed {seed}")
+    seconds = (time.perf_counter() - tic) / len(tasks)
+    teacher_params = count_parameters(teacher)
+    return [_row(t, config, teacher_params, count_parameters(s), z, r, seconds)
+            for t, s, z, r in zip(tasks, students, zero_shot, results)]
+
+
+def validate_ranks(config: StudyConfig, teacher: torch.nn.Module, ranks: Iterable[int]) -> None:
+    """Refuse ranks above the smallest targeted layer dimension before any student is trained."""
+    layers = target_layers(teacher, config.targets)
+    if not layers:
+        raise ValueError(f"targets: no {list(config.targets)} layers in the {config.model} teacher")
+    limit = min(min(layer.in_features, layer.out_features) for layer in layers)
+    bad = [r for r in ranks if r > limit]
+    if bad:
+        raise ValueError(f"ranks: {bad} exceed the smallest targeted layer dimension; allowed: 1..{limit}")
+
+
+# ------------------------------------------------------------------------------------------------- sweep
+def _groups(tasks: Sequence[Task], size: int) -> list[list[Task]]:
+    """Tasks grouped by seed, then in chunks of ``size`` ranks."""
+    groups = []
+    for seed in sorted({t.seed for t in tasks}):
+        same = sorted(t for t in tasks if t.seed == seed)
+        groups += [same[i:i + size] for i in range(0, len(same), size)]
+    return groups
+
+
+def _result_path(run_dir: Path, task: Task) -> Path:
+    return run_dir / TASK_DIR / f"{task.name}.json"
+
+
+def _run_group(config: StudyConfig, run_dir: Path, teacher: Teacher, data: ImageData, group: list[Task],
+               blocking: bool) -> list[Task]:
+    """Train the tasks of ``group`` that no other process holds and that are not finished; returns those
+    that were held elsewhere (to be waited for)."""
+    task_dir = run_dir / TASK_DIR
+    with contextlib.ExitStack() as stack:
+        mine, elsewhere = [], []
+        for task in group:
+            if stack.enter_context(file_lock(task_dir / f"{task.name}.lock", blocking=blocking)):
+                if not _result_path(run_dir, task).exists():
+                    mine.append(task)
+            else:
+                elsewhere.append(task)
+        if mine:
+            state = task_dir / ("state_" + "-".join(t.name for t in mine) + ".pt")
+            rows = train_students(config, teacher.model, data, mine, state_path=state)
+            for task, row in zip(mine, rows):
+                write_json(_result_path(run_dir, task), row)
+            write_sweep_csv(run_dir)
+            state.unlink(missing_ok=True)
+    return elsewhere
+
+
+def run_sweep(config: StudyConfig, run_dir: str | Path, *, ranks: Sequence[int] | None = None,
+              on_rows: Callable[[pd.DataFrame], None] | None = None, data: ImageData | None = None
+              ) -> pd.DataFrame:
+    """Distill one student per (rank, seed) into ``run_dir`` and return the sweep table.
+
+    Finished tasks are skipped (resume); tasks that another process is training are waited for, not repeated.
+    The teacher is trained first if the run has none. ``on_rows(table)`` is called whenever rows land.
+    """
+    run_dir = prepare_run(config, run_dir)
+    ranks = tuple(sorted(set(ranks if ranks is not None else config.ranks)))
+    data = data if data is not None else load_data_for(config)
+    with torch.device("meta"):  # the architecture alone, to check ranks before any training
+        validate_ranks(config, build_model(config.replace(pretrained=False), data.num_classes, data.channels),
+                       ranks)
+    teacher = train_teacher(config, run_dir, data)
+    tasks = [Task(r, s) for s in config.seeds for r in ranks]
+    pending = [t for t in tasks if not _result_path(run_dir, t).exists()]
+    (run_dir / TASK_DIR).mkdir(exist_ok=True)
+    write_sweep_csv(run_dir)
+    log.info("sweep: %d of %d tasks to run in %s", len(pending), len(tasks), run_dir)
+    bar = tqdm(total=len(tasks), initial=len(tasks) - len(pending), desc="students", unit="student")
+    waiting: list[Task] = []
+    for group in _groups(pending, config.fuse):
+        held = _run_group(config, run_dir, teacher, data, group, blocking=False)
+        waiting += held
+        bar.update(len(group) - len(held))
+        if on_rows is not None and len(held) < len(group):
+            on_rows(read_sweep(run_dir))
+    for group in _groups(waiting, config.fuse):  # held by another process: wait, then run what it left
+        _run_group(config, run_dir, teacher, data, group, blocking=True)
+        bar.update(len(group))
+        if on_rows is not None:
+            on_rows(read_sweep(run_dir))
+    bar.close()
+    write_sweep_csv(run_dir)
+    return read_sweep(run_dir)

@@ -1,0 +1,181 @@
+"""One training loop for a group of models that share a batch stream (a teacher alone, or fused students).
+
+Per epoch: seed the RNG from ``(seed, epoch)``, run the pipeline's batches, step every model's AdamW with a
+warmup + cosine (or constant) learning rate, evaluate top-1 on the test split, and checkpoint the whole state
+atomically so that a killed run resumes at the last finished epoch with the same numbers. Losses are summed on
+the device and read once per epoch (no per-step host sync). A model whose loss turns NaN/inf is dropped from
+the group with the reason recorded; the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import BatchPipeline
+from .storage import load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+#: ``losses(models, x, y)`` -> one scalar loss per model (same order).
+LossFn = Callable[[Sequence[nn.Module], torch.Tensor, torch.Tensor], Sequence[torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Optimization settings of one training run."""
+
+    epochs: int
+    lr: float
+    weight_decay: float
+    warmup_epochs: int = 0
+    schedule: str = "cosine"  # or "constant"
+
+
+@dataclass
+class FitResult:
+    """Per-epoch metrics of one model, and why it stopped early (``failure``), if it did."""
+
+    history: list[dict] = field(default_factory=list)
+    failure: str | None = None
+
+    @property
+    def final_accuracy(self) -> float | None:
+        return self.history[-1]["test_accuracy"] if self.history and self.failure is None else None
+
+    @property
+    def best_accuracy(self) -> float | None:
+        return max((h["test_accuracy"] for h in self.history), default=None)
+
+
+def learning_rate(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
+    """Linear warmup over ``warmup_epochs``, then cosine decay to 0 (or constant) until the last step."""
+    warmup = recipe.warmup_epochs * steps_per_epoch
+    total = recipe.epochs * steps_per_epoch
+    if step < warmup:
+        return recipe.lr * (step + 1) / warmup
+    if recipe.schedule == "constant":
+        return recipe.lr
+    progress = (step - warmup) / max(total - warmup, 1)
+    return recipe.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; fused kernels on CUDA."""
+    return torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay,
+                             fused=device.type == "cuda")
+
+
+def autocast(device: torch.device, amp: bool):
+    """bf16 autocast on CUDA when ``amp``; a no-op otherwise."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, pipeline: BatchPipeline, amp: bool = False) -> float:
+    """Top-1 accuracy on the pipeline's test split (one host sync at the end)."""
+    was_training = model.training
+    model.eval()
+    device = pipeline.data.test_images.device
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    with autocast(device, amp):
+        for x, y in pipeline.test_batches():
+            correct += (model(x).argmax(dim=-1) == y).sum()
+    model.train(was_training)
+    return correct.item() / pipeline.data.test_labels.numel()
+
+
+def _restore(state_path: Path | None, models: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer],
+             device: torch.device) -> tuple[int, list[FitResult]]:
+    results = [FitResult() for _ in models]
+    if state_path is None or not state_path.exists():
+        return 0, results
+    state = load_checkpoint(state_path, map_location=device)
+    if len(state["models"]) != len(models):
+        raise ValueError(f"checkpoint {state_path} holds {len(state['models'])} models, expected {len(models)}")
+    for model, opt, m_state, o_state in zip(models, optimizers, state["models"], state["optimizers"]):
+        model.load_state_dict(m_state)
+        opt.load_state_dict(o_state)
+    for result, saved in zip(results, json.loads(state["results"])):
+        result.history, result.failure = saved["history"], saved["failure"]
+    log.info("resuming %s at epoch %d", state_path.name, state["epoch"])
+    return int(state["epoch"]), results
+
+
+def _checkpoint(state_path: Path, epoch: int, models: Sequence[nn.Module],
+                optimizers: Sequence[torch.optim.Optimizer], results: Sequence[FitResult]) -> None:
+    save_checkpoint(state_path, {
+        "epoch": epoch,
+        "models": [m.state_dict() for m in models],
+        "optimizers": [o.state_dict() for o in optimizers],
+        "results": json.dumps([{"history": r.history, "failure": r.failure} for r in results]),
+    })
+
+
+def fit(models: Sequence[nn.Module], losses: LossFn, pipeline: BatchPipeline, recipe: Recipe, *, seed: int,
+        amp: bool = False, state_path: str | Path | None = None, checkpoint_every: int = 1,
+        desc: str = "training", on_epoch: Callable[[int, list[FitResult]], None] | None = None
+        ) -> list[FitResult]:
+    """Train ``models`` in lockstep on one batch stream; returns one :class:`FitResult` per model.
+
+    ``losses(active_models, x, y)`` computes one loss per active model (shared work, such as a teacher's
+    forward pass, is done once inside it). With ``state_path``, the state is saved every ``checkpoint_every``
+    epochs and at the end, and training resumes from it when it exists.
+    """
+    device = pipeline.data.train_images.device
+    state_path = Path(state_path) if state_path is not None else None
+    optimizers = [make_optimizer(m, recipe, device) for m in models]
+    start, results = _restore(state_path, models, optimizers, device)
+    steps = pipeline.steps_per_epoch()
+    bar = tqdm(range(start, recipe.epochs), desc=desc, leave=False, initial=start, total=recipe.epochs)
+    for epoch in bar:
+        active = [i for i, r in enumerate(results) if r.failure is None]
+        if not active:
+            break
+        torch.manual_seed(seed * 1_000_003 + epoch + 1)  # dropout / drop-path, resumable per epoch
+        for i in active:
+            models[i].train()
+        loss_sum = torch.zeros(len(active), device=device)
+        tic = time.perf_counter()
+        for step, (x, y) in enumerate(pipeline.train_batches(seed, epoch)):
+            lr = learning_rate(recipe, epoch * steps + step, steps)
+            with autocast(device, amp):
+                step_losses = torch.stack([loss.float() for loss in losses([models[i] for i in active], x, y)])
+            for i in active:
+                for group in optimizers[i].param_groups:
+                    group["lr"] = lr
+                optimizers[i].zero_grad(set_to_none=True)
+            step_losses.sum().backward()  # parameters are disjoint: each model gets its own gradient
+            for i in active:
+                optimizers[i].step()
+            loss_sum += step_losses.detach()
+        mean_loss = (loss_sum / steps).tolist()
+        seconds = time.perf_counter() - tic
+        for i, loss in zip(active, mean_loss):
+            if not math.isfinite(loss):
+                results[i].failure = f"non-finite loss ({loss}) in epoch {epoch + 1}"
+                log.warning("model %d of %s stopped: %s", i, desc, results[i].failure)
+                continue
+            results[i].history.append({"epoch": epoch + 1, "loss": loss, "lr": lr, "seconds": seconds,
+                                       "test_accuracy": evaluate(models[i], pipeline, amp)})
+        last = epoch + 1 == recipe.epochs
+        if state_path is not None and (last or (checkpoint_every and (epoch + 1) % checkpoint_every == 0)):
+            _checkpoint(state_path, epoch + 1, models, optimizers, results)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, results)
+        accs = [r.history[-1]["test_accuracy"] for r in results if r.failure is None and r.history]
+        if accs:
+            bar.set_postfix(acc=f"{max(accs):.3f}")
+    return results

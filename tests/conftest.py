@@ -1,0 +1,30 @@
+"""Shared fixtures: quiet warnings, an isolated cache, the offline CIFAR-10 tree when present."""
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("EFFRANK_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("EFFRANK_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.getbasetemp() / "torch_home"))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*break-even.*")
+        yield
+
+
+@pytest.fixture(scope="session")
+def cifar10_folder() -> Path:
+    root = SHARED_DATA / "cifar10"
+    if not (root / "train").is_dir():
+        pytest.skip(f"offline CIFAR-10 tree not found at {root}")
+    return root

@@ -334,3 +334,14 @@ def parameter_report(teacher: nn.Module, rank: int, targets: str | Iterable[str]
     student_params = teacher_params + sum(r["low_rank_params"] - r["dense_params"] for r in rows)
     return {"rank": rank, "teacher_params": teacher_params, "student_params": student_params,
             "compression": teacher_params / student_params, "layers": rows}
+
+
+def compression_table(teacher: nn.Module, ranks: Iterable[int], targets: str | Iterable[str] = "all") -> list[dict]:
+    """Student size per rank: parameters, compression and whether every targeted layer still saves weights."""
+    rows = []
+    for rank in ranks:
+        report = parameter_report(teacher, rank, targets)
+        rows.append({"rank": rank, "student_params": report["student_params"],
+                     "compression": round(report["compression"], 3),
+                     "below_break_even": all(rank < layer["break_even_rank"] for layer in report["layers"])})
+    return rows

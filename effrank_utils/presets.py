@@ -56,7 +56,8 @@ def preset_values(name: str) -> dict[str, Any]:
     return values
 
 
-def load_preset(name: str, **overrides: Any) -> StudyConfig:
-    """A validated config: the preset's values with ``overrides`` applied (unknown names are refused)."""
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    return make_config(preset_values(name) | overrides)
+def load_preset(name: str, overrides: dict[str, Any] | None = None, **fields: Any) -> StudyConfig:
+    """A validated config: the preset's values, then ``fields`` that are not None (the way notebook
+    parameters say "keep the preset's value"), then ``overrides``. Unknown names are refused."""
+    given = {k: v for k, v in fields.items() if v is not None} | dict(overrides or {})
+    return make_config(preset_values(name) | given)

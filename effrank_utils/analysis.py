@@ -1,0 +1,143 @@
+"""From a finished (or partial) sweep to the study's answer: region, knee, summary and sensitivity."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .config import StudyConfig
+from .curves import EffectiveRankResult, effective_rank, sensitivity_table, validate_band
+from .storage import read_json, write_json
+from .sweep import load_run_config, read_sweep
+
+log = logging.getLogger(__name__)
+
+SUMMARY_JSON = "summary.json"
+
+
+@dataclass(frozen=True)
+class Study:
+    """What a run directory holds: its config, the teacher's accuracy and the sweep table."""
+
+    run_dir: Path
+    config: StudyConfig
+    teacher_accuracy: float
+    table: pd.DataFrame   # rows that finished successfully
+    failed: pd.DataFrame  # rows whose training failed (excluded from every fit)
+
+    @property
+    def ranks(self) -> np.ndarray:
+        return self.table["rank"].to_numpy(dtype=float)
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        return self.table["final_accuracy"].to_numpy(dtype=float)
+
+    def params_at(self, rank: float) -> float:
+        """Student parameters at a (fractional) rank: the count is linear in the rank."""
+        per_rank = self.table.groupby("rank")["params"].first()
+        return float(np.interp(rank, per_rank.index.to_numpy(float), per_rank.to_numpy(float)))
+
+    def compression_at(self, rank: float) -> float:
+        return float(self.table["teacher_params"].iloc[0]) / self.params_at(rank)
+
+
+def load_study(run_dir: str | Path) -> Study:
+    """Read a run directory; failed rows are separated out and counted (and logged)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "teacher.json").exists():
+        raise FileNotFoundError(f"run_dir: {run_dir} has no teacher yet; run the teacher notebook first")
+    teacher = read_json(run_dir / "teacher.json")
+    if teacher.get("status") != "done":
+        raise FileNotFoundError(f"run_dir: the teacher in {run_dir} has not finished training")
+    table = read_sweep(run_dir)
+    ok, failed = table[table["status"] == "ok"], table[table["status"] != "ok"]
+    if len(failed):
+        log.warning("%d failed student(s) excluded from the analysis: ranks %s", len(failed),
+                    failed["rank"].tolist())
+    if ok["rank"].nunique() < 2:
+        raise ValueError(f"run_dir: {run_dir} has {ok['rank'].nunique()} finished rank(s); at least 2 are "
+                         "needed for a curve (run the sweep)")
+    return Study(run_dir, load_run_config(run_dir), float(teacher["accuracy"]), ok.reset_index(drop=True),
+                 failed.reset_index(drop=True))
+
+
+def reference_value(study: Study, reference: str | float) -> float | str:
+    """``teacher`` -> the teacher's accuracy; ``best_student`` and numbers pass through."""
+    return study.teacher_accuracy if reference == "teacher" else reference
+
+
+def analyze(study: Study, band: Sequence[float] = (0.85, 0.95), reference: str | float = "teacher",
+            n_bootstrap: int = 200) -> EffectiveRankResult:
+    """Region and knee of the study for a band and a reference (``teacher``, ``best_student`` or a number).
+
+    This is what the interactive panel calls on every change.
+    """
+    return effective_rank(study.ranks, study.accuracy, reference_value(study, reference), validate_band(band),
+                          n_bootstrap=n_bootstrap)
+
+
+def region_facts(study: Study, result: EffectiveRankResult) -> dict:
+    """Region, knee and the parameter count / compression at both ends of the region (where crossed)."""
+    facts = {"region_low": result.low.describe(), "region_high": result.high.describe(),
+             "knee": round(result.knee, 2), "reference": result.reference, "band": list(result.band)}
+    for end, crossing in (("low", result.low), ("high", result.high)):
+        if crossing.rank is not None:
+            facts[f"params_at_{end}"] = round(study.params_at(crossing.rank))
+            facts[f"compression_at_{end}"] = round(study.compression_at(crossing.rank), 2)
+    return facts
+
+
+def summary_text(study: Study, result: EffectiveRankResult) -> str:
+    """One paragraph for people: region, knee and what the region costs in parameters."""
+    f = region_facts(study, result)
+    text = (f"Effective-rank region [{f['region_low']}, {f['region_high']}] for {result.band[0]:.0%}-"
+            f"{result.band[1]:.0%} of reference accuracy {result.reference:.4f}; effective knee {f['knee']:.2f}.")
+    for end in ("low", "high"):
+        if f"params_at_{end}" in f:
+            text += (f" At r_{end} = {getattr(result, 'region_' + end):.2f}: {f[f'params_at_{end}']:,} parameters "
+                     f"({f[f'compression_at_{end}']:.2f}x compression).")
+    if len(study.failed):
+        text += f" {len(study.failed)} failed student(s) excluded."
+    return text
+
+
+def summary(study: Study, result: EffectiveRankResult, reference: str | float) -> dict:
+    """The JSON-ready record of a study's result (``summary.json``)."""
+    return {
+        "preset": study.config.preset,
+        "estimator": {"init": study.config.init, "loss": study.config.loss,
+                      "student_epochs": study.config.student_epochs, "targets": list(study.config.targets)},
+        "teacher_accuracy": study.teacher_accuracy,
+        "reference": {"kind": reference if isinstance(reference, str) else "value", "accuracy": result.reference},
+        "band": list(result.band),
+        "region_low": result.to_dict()["region_low"],
+        "region_high": result.to_dict()["region_high"],
+        "knee": result.knee,
+        "intervals": result.to_dict()["intervals"],
+        "facts": region_facts(study, result),
+        "failed_students": len(study.failed),
+        "table": study.table.replace({np.nan: None}).to_dict(orient="records"),
+        "config": study.config.to_dict(),
+    }
+
+
+def write_summary(study: Study, result: EffectiveRankResult, reference: str | float) -> Path:
+    """Write ``summary.json`` beside the sweep (atomically)."""
+    return write_json(study.run_dir / SUMMARY_JSON, summary(study, result, reference))
+
+
+def sensitivity(study: Study, bands: Sequence[Sequence[float]] = ((0.85, 0.95), (0.80, 0.90), (0.90, 0.97)),
+                reference_offsets: Sequence[float] = (-0.01, 0.0, 0.01)) -> pd.DataFrame:
+    """The region for a few bands and reference accuracies (teacher +/- offsets, and the best student)."""
+    refs: dict[str, float | str] = {}
+    for offset in reference_offsets:
+        label = "teacher" if offset == 0 else f"teacher {offset * 100:+.0f} pt"
+        refs[label] = study.teacher_accuracy + offset
+    refs["best student"] = "best_student"
+    return pd.DataFrame(sensitivity_table(study.ranks, study.accuracy, refs, bands))

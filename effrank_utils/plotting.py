@@ -1,0 +1,119 @@
+"""Figures of the study: teacher training curves, the sweep as it fills in, and the effective-rank plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .curves import CROSSED, EffectiveRankResult
+
+if TYPE_CHECKING:
+    from .analysis import Study
+
+FIGURE_DIR = "figures"
+
+
+def save_figure(fig: Figure, run_dir: str | Path, name: str, formats: tuple[str, ...] = ("png", "svg")
+                ) -> list[Path]:
+    """Save ``fig`` as ``run_dir/figures/<name>.<fmt>`` for each format."""
+    folder = Path(run_dir) / FIGURE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{name}.{fmt}" for fmt in formats]
+    for path in paths:
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+    return paths
+
+
+def plot_teacher_history(history: list[dict]) -> Figure:
+    """Teacher loss and test accuracy per epoch."""
+    frame = pd.DataFrame(history)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax_loss.plot(frame["epoch"], frame["loss"], color="C0")
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="Teacher: loss")
+    ax_acc.plot(frame["epoch"], frame["test_accuracy"], color="C1")
+    ax_acc.set(xlabel="epoch", ylabel="test top-1", title=f"Teacher: final {frame['test_accuracy'].iloc[-1]:.2%}")
+    ax_acc.grid(alpha=0.3)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_sweep(table: pd.DataFrame, teacher_accuracy: float) -> Figure:
+    """Accuracy vs rank of the rows finished so far (raw points, teacher as a line)."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    ok = table[table["status"] == "ok"]
+    ax.plot(ok["rank"], ok["final_accuracy"], "o", color="C0", label="student (final epoch)")
+    ax.axhline(teacher_accuracy, color="k", lw=1, ls="--", label=f"teacher {teacher_accuracy:.2%}")
+    failed = table[table["status"] != "ok"]
+    if len(failed):
+        ax.plot(failed["rank"], np.zeros(len(failed)), "x", color="C3", label="failed")
+    ax.set(xlabel="rank r", ylabel="test top-1", title=f"Rank sweep: {len(table)} student(s) finished")
+    if len(table):
+        ax.set_xscale("log")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_effective_rank(study: "Study", result: EffectiveRankResult, log_x: bool = False) -> Figure:
+    """The study's figure: points (with seed spread), monotone PCHIP fit, band, region, knee and secant.
+
+    Left axis: accuracy normalized by the reference; right axis: absolute accuracy; top axis: compression.
+    ``log_x`` changes only the display; the knee is defined on the linear rank axis.
+    """
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    ref = result.reference
+    grouped = study.table.groupby("rank")["final_accuracy"]
+    mean, low, high = grouped.mean() / ref, grouped.min() / ref, grouped.max() / ref
+    ax.errorbar(mean.index, mean.to_numpy(), yerr=[(mean - low).to_numpy(), (high - mean).to_numpy()], fmt="o",
+                color="C0", capsize=3, label="students (mean, seed range)", zorder=3)
+    r = np.linspace(result.ranks[0], result.ranks[-1], 800)
+    ax.plot(r, result.curve(r), color="C0", lw=2, label="monotone PCHIP fit")
+    ax.plot(r, result.secant(r), color="0.5", ls=":", lw=1.2, label="endpoint secant")
+    lo, hi = result.band
+    ax.axhspan(lo, hi, color="C2", alpha=0.15, label=f"band {lo:.0%}-{hi:.0%}")
+    for crossing in (result.low, result.high):
+        if crossing.status == CROSSED:
+            ax.axvline(crossing.rank, color="C2", lw=1.2)
+            ax.annotate(f"r={crossing.rank:.1f}", (crossing.rank, crossing.level), textcoords="offset points",
+                        xytext=(4, -12), fontsize=8, color="C2")
+    if result.low.status == CROSSED and result.high.status == CROSSED:
+        ax.axvspan(result.low.rank, result.high.rank, color="C2", alpha=0.08)
+    ax.plot([result.knee], [result.curve(result.knee)], "D", color="C3", ms=8, zorder=4,
+            label=f"knee r={result.knee:.1f}")
+    ax.set(xlabel="rank r", ylabel=f"accuracy / reference ({ref:.4f})",
+           title=f"{study.config.preset}: {study.config.model} on {study.config.dataset} "
+                 f"({study.config.init} init, {study.config.loss} loss)")
+    if log_x:
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    absolute = ax.secondary_yaxis("right", functions=(lambda y: y * ref, lambda y: y / ref))
+    absolute.set_ylabel("test top-1 (absolute)")
+    _compression_axis(ax, study, log_x)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def _compression_axis(ax: plt.Axes, study: "Study", log_x: bool, max_ticks: int = 8) -> None:
+    """Top axis: the compression ratio at swept ranks spaced out enough to be read."""
+    per_rank = study.table.groupby("rank")["params"].first()
+    teacher = float(study.table["teacher_params"].iloc[0])
+    ranks = per_rank.index.to_numpy(float)
+    position = np.log(ranks) if log_x else ranks
+    gap = (position[-1] - position[0]) / max_ticks
+    keep = [0]
+    for i in range(1, len(ranks)):
+        if position[i] - position[keep[-1]] >= gap:
+            keep.append(i)
+    top = ax.secondary_xaxis("top")
+    top.set_xticks(ranks[keep], labels=[f"{teacher / per_rank.iloc[i]:.1f}x" for i in keep], fontsize=7)
+    top.set_xlabel("compression (teacher params / student params)", fontsize=8)

@@ -1,0 +1,84 @@
+"""What the analysis notebook and its panel compute, tested without a browser."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from effrank_utils import analysis
+from effrank_utils.curves import effective_rank
+from effrank_utils.panel import analysis_panel
+from effrank_utils.presets import load_preset
+from effrank_utils.storage import write_json
+from effrank_utils.sweep import COLUMNS, CONFIG_JSON, SWEEP_CSV
+
+TEACHER = 0.93
+
+
+@pytest.fixture
+def study(tmp_path):
+    """A run directory with a known accuracy table (no training needed)."""
+    ranks = np.array([1, 2, 3, 4, 6, 8, 12, 16, 24, 32])
+    acc = TEACHER * (1 - np.exp(-ranks / 3.0))
+    rows = [{"rank": r, "seed": 0, "status": "ok", "params": 1000 + 100 * r, "teacher_params": 5000,
+             "compression": 5000 / (1000 + 100 * r), "final_accuracy": a, "best_accuracy": a}
+            for r, a in zip(ranks, acc)]
+    rows.append({"rank": 5, "seed": 0, "status": "failed", "params": 1500, "teacher_params": 5000,
+                 "failure": "non-finite loss (nan) in epoch 1"})
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(tmp_path / SWEEP_CSV, index=False)
+    write_json(tmp_path / CONFIG_JSON, load_preset("smoke").to_dict())
+    write_json(tmp_path / "teacher.json", {"status": "done", "accuracy": TEACHER})
+    return analysis.load_study(tmp_path)
+
+
+def test_failed_rows_are_excluded_and_counted(study):
+    assert len(study.table) == 10 and len(study.failed) == 1
+    assert 5 not in study.table["rank"].tolist()
+    assert "1 failed student(s) excluded" in analysis.summary_text(study, analysis.analyze(study))
+
+
+def test_callback_recomputes_region_and_knee_for_band_and_reference(study):
+    base = analysis.analyze(study)
+    moved = analysis.analyze(study, band=(0.7, 0.8), reference=0.9)
+    expected = effective_rank(study.ranks, study.accuracy, 0.9, (0.7, 0.8))
+    assert moved.region_low == pytest.approx(expected.region_low)
+    assert moved.region_high == pytest.approx(expected.region_high)
+    assert moved.region_low < base.region_low
+    assert moved.region_low == pytest.approx(-3 * np.log(1 - 0.7 * 0.9 / TEACHER), abs=0.05)
+    best = analysis.analyze(study, reference="best_student")
+    assert best.reference == pytest.approx(study.accuracy.max())
+
+
+def test_panel_controls_drive_the_summary(study):
+    panel = analysis_panel(study)
+    assert panel.summary.value == analysis.summary_text(study, analysis.analyze(study, n_bootstrap=0))
+    panel.band.value = (0.75, 0.9)
+    assert "75%-90%" in panel.summary.value
+    panel.reference.value = "value"
+    panel.value.value = 0.8
+    expected = analysis.analyze(study, (0.75, 0.9), 0.8, n_bootstrap=0)
+    assert panel.summary.value == analysis.summary_text(study, expected)
+    panel.axis.value = "log"  # display only: the numbers stay
+    assert panel.summary.value == analysis.summary_text(study, expected)
+
+
+def test_region_facts_report_cost_at_both_ends(study):
+    result = analysis.analyze(study)
+    facts = analysis.region_facts(study, result)
+    assert facts["params_at_low"] == round(1000 + 100 * result.region_low)
+    assert facts["compression_at_high"] == pytest.approx(5000 / (1000 + 100 * result.region_high), abs=0.01)
+
+
+def test_sensitivity_table_covers_bands_and_references(study):
+    table = analysis.sensitivity(study)
+    assert len(table) == 4 * 3
+    assert set(table["reference"]) == {"teacher -1 pt", "teacher", "teacher +1 pt", "best student"}
+    lows = table[table["band"] == "85%-95%"].set_index("reference")["region_low"].astype(float)
+    assert lows["teacher -1 pt"] < lows["teacher"] < lows["teacher +1 pt"]
+
+
+def test_summary_json_round_trips(study):
+    result = analysis.analyze(study)
+    path = analysis.write_summary(study, result, "teacher")
+    saved = pd.read_json(path, typ="series")
+    assert saved["region_low"]["rank"] == pytest.approx(result.region_low)
+    assert saved["failed_students"] == 1

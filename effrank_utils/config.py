@@ -72,6 +72,7 @@ class StudyConfig:
     checkpoint_every: int = 1          # epochs between resumable checkpoints (0: only at the end)
     eval_batch_size: int = 512
     fuse: int = 1                      # students trained in lockstep per group (1: one at a time)
+    cache_teacher: bool = False        # kd/logits: keep the teacher's logits per (epoch, sample) on disk
     sweep_mode: str = "grid"           # grid: the listed ranks; adaptive: refine crossings and knee
     refine_rounds: int = 4
     # analysis
@@ -158,7 +159,7 @@ def _validate_fields(values: dict) -> dict:
     v["kd_alpha"] = _positive_float("kd_alpha", v["kd_alpha"], allow_zero=True)
     if v["kd_alpha"] > 1:
         raise ValueError(f"kd_alpha: must lie in [0, 1], got {v['kd_alpha']!r}")
-    for name in ("download", "hflip", "pretrained", "amp"):
+    for name in ("download", "hflip", "pretrained", "amp", "cache_teacher"):
         if not isinstance(v[name], bool):
             raise ValueError(f"{name}: must be true or false, got {v[name]!r}")
     v["ranks"] = _int_list("ranks", v["ranks"])
@@ -192,6 +193,9 @@ def _validate_combination(v: dict) -> None:
             raise ValueError(f"image_size: vit_b_32 takes 224-pixel input, got {v['image_size']}")
         if max(v["ranks"]) > 768:
             raise ValueError(f"ranks: {max(v['ranks'])} exceeds the layer dimension; allowed: 1..768")
+    if v["cache_teacher"] and v["loss"] == "geometric":
+        raise ValueError("cache_teacher: the teacher cache holds logits only; the geometric loss needs block "
+                         "outputs (use loss kd or logits, or cache_teacher=False)")
     if v["pretrained"] and v["normalization"] != "imagenet":
         raise ValueError("normalization: pretrained weights expect 'imagenet' normalization, got "
                          f"{v['normalization']!r}")

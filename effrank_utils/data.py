@@ -179,6 +179,16 @@ def load_data_for(config: StudyConfig) -> ImageData:
 
 
 # ------------------------------------------------------------------------------------------------ batches
+@dataclass(frozen=True)
+class Batch:
+    """A training batch: inputs, labels, the samples' positions in the training split, and the epoch."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor
+    epoch: int
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """A CPU generator whose stream depends only on ``(seed, epoch)``."""
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2 ** 63))
@@ -242,14 +252,14 @@ class BatchPipeline:
         flips = torch.rand(n, generator=g) < 0.5
         return order, offsets, flips
 
-    def train_batches(self, seed: int, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The epoch's training batches ``(x, y)`` on the data's device; the last batch may be smaller."""
+    def train_batches(self, seed: int, epoch: int) -> Iterator[Batch]:
+        """The epoch's training batches on the data's device; the last batch may be smaller."""
         device = self.data.train_images.device
         order, offsets, flips = (t.to(device) for t in self.epoch_plan(seed, epoch))
         for start in range(0, order.numel(), self.batch_size):
             idx = order[start:start + self.batch_size]
             images = self.augment(self.data.train_images[idx], offsets[idx], flips[idx])
-            yield self.prepare(images), self.data.train_labels[idx]
+            yield Batch(self.prepare(images), self.data.train_labels[idx], idx, epoch)
 
     def test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The test split in order, un-augmented."""

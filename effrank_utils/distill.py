@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import Batch
 from .factorize import block_attention, transformer_blocks
+from .teacher_cache import TeacherLogitCache
 
 LOSSES = ("geometric", "kd", "logits")
 
@@ -68,32 +70,41 @@ class DistillationLoss:
     """Loss function for :func:`~effrank_utils.training.fit`: the teacher runs once per batch (eval mode, no
     gradients) and every student of the group is scored against the same outputs."""
 
-    def __init__(self, teacher: nn.Module, loss: str, temperature: float = 4.0, alpha: float = 0.5) -> None:
+    def __init__(self, teacher: nn.Module, loss: str, temperature: float = 4.0, alpha: float = 0.5,
+                 cache: TeacherLogitCache | None = None) -> None:
         if loss not in LOSSES:
             raise ValueError(f"loss: unknown loss {loss!r}; allowed: {', '.join(LOSSES)}")
+        if cache is not None and loss == "geometric":
+            raise ValueError("cache_teacher: the teacher cache holds logits only; the geometric loss needs block "
+                             "outputs (use kd or logits, or turn the cache off)")
         self.teacher, self.loss, self.temperature, self.alpha = teacher.eval(), loss, temperature, alpha
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
+        self.cache = cache
 
     @torch.no_grad()
-    def teacher_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Teacher logits and (for ``geometric``) its hooked block outputs."""
-        if self.loss != "geometric":
-            return self.teacher(x), []
-        with feature_taps(self.teacher) as feats:
-            logits = self.teacher(x)
-        return logits, list(feats)
+    def teacher_outputs(self, batch: Batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Teacher logits and (for ``geometric``) its hooked block outputs; from the cache when it has them."""
+        if self.loss == "geometric":
+            with feature_taps(self.teacher) as feats:
+                logits = self.teacher(batch.x)
+            return logits, list(feats)
+        if self.cache is None:
+            return self.teacher(batch.x), []
+        cached = self.cache.lookup(batch.epoch, batch.index)
+        if cached is None:
+            cached = self.teacher(batch.x).half()
+            self.cache.store(batch.epoch, batch.index, cached)
+        return cached.float(), []
 
-    def student_loss(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor,
+    def student_loss(self, student: nn.Module, batch: Batch, teacher_logits: torch.Tensor,
                      teacher_features: Sequence[torch.Tensor]) -> torch.Tensor:
         if self.loss == "kd":
-            return kd_loss(student(x), teacher_logits, y, self.temperature, self.alpha)
+            return kd_loss(student(batch.x), teacher_logits, batch.y, self.temperature, self.alpha)
         if self.loss == "logits":
-            return mse_cosine(student(x), teacher_logits)
+            return mse_cosine(student(batch.x), teacher_logits)
         with feature_taps(student) as feats:
-            logits = student(x)
+            logits = student(batch.x)
         return geometric_loss(logits, teacher_logits, feats, teacher_features)
 
-    def __call__(self, students: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
-        t_logits, t_feats = self.teacher_outputs(x)
-        return [self.student_loss(s, x, y, t_logits, t_feats) for s in students]
+    def __call__(self, students: Sequence[nn.Module], batch: Batch) -> list[torch.Tensor]:
+        t_logits, t_feats = self.teacher_outputs(batch)
+        return [self.student_loss(s, batch, t_logits, t_feats) for s in students]

@@ -270,7 +270,7 @@ def factorize(teacher: nn.Module, rank: int, *, init: str = "svd", targets: str 
     layers = target_layers(teacher, targets)
     rank = _validate(teacher, rank, init, layers)
     _warn_break_even(layers, rank)
-    student = copy.deepcopy(teacher)
+    student = copy.deepcopy(teacher).requires_grad_(True)  # a frozen teacher still gives a trainable student
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)

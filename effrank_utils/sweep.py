@@ -7,6 +7,7 @@ Layout of a run directory::
     tasks/<task>.json      one finished task's row, written atomically (the source of truth)
     tasks/<task>.lock      held while a process trains that task (released by the kernel if it dies)
     tasks/<group>.state.pt resumable checkpoint of a group of students being trained
+    teacher_cache/         fp16 teacher logits per epoch (``cache_teacher``; kd and logits losses)
     sweep.csv              all finished rows, sorted by (rank, seed), rebuilt atomically after every task
 
 Every task is a function of (config, rank, seed) only; fused groups (``fuse > 1``) train several ranks of one
@@ -34,8 +35,10 @@ from .data import ImageData, load_data_for, pipeline_for
 from .distill import DistillationLoss
 from .factorize import count_parameters, factorize, target_layers
 from .models import build_model, resolve_device
+from .refine import next_ranks
 from .storage import ensure_writable_dir, file_lock, read_json, write_json, write_text
 from .teacher import Teacher, train_teacher
+from .teacher_cache import TeacherLogitCache, cache_key
 from .training import Recipe, evaluate, fit
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,7 @@ log = logging.getLogger(__name__)
 SWEEP_CSV = "sweep.csv"
 CONFIG_JSON = "config.json"
 TASK_DIR = "tasks"
+TEACHER_CACHE_DIR = "teacher_cache"
 COLUMNS = ("rank", "seed", "status", "params", "teacher_params", "compression", "final_accuracy",
            "best_accuracy", "best_epoch", "zero_shot_accuracy", "epochs", "init", "loss", "seconds", "failure")
 IDENTITY_FIELDS = TEACHER_FIELDS + STUDENT_FIELDS
@@ -129,11 +133,12 @@ def _row(task: Task, config: StudyConfig, teacher_params: int, params: int, zero
 
 
 def train_students(config: StudyConfig, teacher: torch.nn.Module, data: ImageData, tasks: Sequence[Task],
-                   state_path: Path | None = None) -> list[dict]:
+                   state_path: Path | None = None, cache_dir: Path | None = None) -> list[dict]:
     """Build, distill and evaluate the students of ``tasks`` (one seed) in lockstep; one row per task.
 
     The result for a task depends only on (config, rank, seed): the batch stream is seeded by the task seed
-    and random student parts by (rank, seed).
+    and random student parts by (rank, seed). With ``config.cache_teacher``, the teacher's logits are read
+    from (or written to) ``cache_dir``.
     """
     seeds = {t.seed for t in tasks}
     if len(seeds) != 1:
@@ -147,7 +152,12 @@ def train_students(config: StudyConfig, teacher: torch.nn.Module, data: ImageDat
                           seed=seed * 100_003 + t.rank).to(device) for t in tasks]
     zero_shot = [evaluate(s, pipeline, config.amp) for s in students]
     tic = time.perf_counter()
-    loss = DistillationLoss(teacher, config.loss, config.kd_temperature, config.kd_alpha)
+    cache = None
+    if config.cache_teacher:
+        if cache_dir is None:
+            raise ValueError("cache_teacher: needs a cache directory (the sweep uses <run_dir>/teacher_cache)")
+        cache = TeacherLogitCache(cache_dir, cache_key(teacher, pipeline, seed), data.train_labels.numel())
+    loss = DistillationLoss(teacher, config.loss, config.kd_temperature, config.kd_alpha, cache)
     label = ",".join(str(t.rank) for t in tasks)
     results = fit(students, loss, pipeline, student_recipe(config), seed=seed, amp=config.amp,
                   state_path=state_path, checkpoint_every=config.checkpoint_every,
@@ -158,8 +168,9 @@ def train_students(config: StudyConfig, teacher: torch.nn.Module, data: ImageDat
             for t, s, z, r in zip(tasks, students, zero_shot, results)]
 
 
-def validate_ranks(config: StudyConfig, teacher: torch.nn.Module, ranks: Iterable[int]) -> None:
-    """Refuse ranks above the smallest targeted layer dimension before any student is trained."""
+def validate_ranks(config: StudyConfig, teacher: torch.nn.Module, ranks: Iterable[int]) -> int:
+    """Refuse ranks above the smallest targeted layer dimension before any student is trained; returns that
+    dimension (the largest allowed rank)."""
     layers = target_layers(teacher, config.targets)
     if not layers:
         raise ValueError(f"targets: no {list(config.targets)} layers in the {config.model} teacher")
@@ -167,6 +178,7 @@ def validate_ranks(config: StudyConfig, teacher: torch.nn.Module, ranks: Iterabl
     bad = [r for r in ranks if r > limit]
     if bad:
         raise ValueError(f"ranks: {bad} exceed the smallest targeted layer dimension; allowed: 1..{limit}")
+    return limit
 
 
 # ------------------------------------------------------------------------------------------------- sweep
@@ -198,7 +210,8 @@ def _run_group(config: StudyConfig, run_dir: Path, teacher: Teacher, data: Image
                 elsewhere.append(task)
         if mine:
             state = task_dir / ("state_" + "-".join(t.name for t in mine) + ".pt")
-            rows = train_students(config, teacher.model, data, mine, state_path=state)
+            rows = train_students(config, teacher.model, data, mine, state_path=state,
+                                  cache_dir=run_dir / TEACHER_CACHE_DIR)
             for task, row in zip(mine, rows):
                 write_json(_result_path(run_dir, task), row)
             write_sweep_csv(run_dir)
@@ -206,25 +219,11 @@ def _run_group(config: StudyConfig, run_dir: Path, teacher: Teacher, data: Image
     return elsewhere
 
 
-def run_sweep(config: StudyConfig, run_dir: str | Path, *, ranks: Sequence[int] | None = None,
-              on_rows: Callable[[pd.DataFrame], None] | None = None, data: ImageData | None = None
-              ) -> pd.DataFrame:
-    """Distill one student per (rank, seed) into ``run_dir`` and return the sweep table.
-
-    Finished tasks are skipped (resume); tasks that another process is training are waited for, not repeated.
-    The teacher is trained first if the run has none. ``on_rows(table)`` is called whenever rows land.
-    """
-    run_dir = prepare_run(config, run_dir)
-    ranks = tuple(sorted(set(ranks if ranks is not None else config.ranks)))
-    data = data if data is not None else load_data_for(config)
-    with torch.device("meta"):  # the architecture alone, to check ranks before any training
-        validate_ranks(config, build_model(config.replace(pretrained=False), data.num_classes, data.channels),
-                       ranks)
-    teacher = train_teacher(config, run_dir, data)
-    tasks = [Task(r, s) for s in config.seeds for r in ranks]
+def _run_tasks(config: StudyConfig, run_dir: Path, teacher: Teacher, data: ImageData, tasks: Sequence[Task],
+               on_rows: Callable[[pd.DataFrame], None] | None) -> None:
+    """Run the unfinished ``tasks`` in fused groups; wait for (and, if they died, take over) tasks that another
+    process holds."""
     pending = [t for t in tasks if not _result_path(run_dir, t).exists()]
-    (run_dir / TASK_DIR).mkdir(exist_ok=True)
-    write_sweep_csv(run_dir)
     log.info("sweep: %d of %d tasks to run in %s", len(pending), len(tasks), run_dir)
     bar = tqdm(total=len(tasks), initial=len(tasks) - len(pending), desc="students", unit="student")
     waiting: list[Task] = []
@@ -240,5 +239,37 @@ def run_sweep(config: StudyConfig, run_dir: str | Path, *, ranks: Sequence[int] 
         if on_rows is not None:
             on_rows(read_sweep(run_dir))
     bar.close()
+
+
+def run_sweep(config: StudyConfig, run_dir: str | Path, *, ranks: Sequence[int] | None = None,
+              on_rows: Callable[[pd.DataFrame], None] | None = None, data: ImageData | None = None
+              ) -> pd.DataFrame:
+    """Distill one student per (rank, seed) into ``run_dir`` and return the sweep table.
+
+    Finished tasks are skipped (resume); tasks that another process is training are waited for, not repeated.
+    The teacher is trained first if the run has none. With ``sweep_mode="adaptive"``, ``ranks`` is the coarse
+    grid and up to ``refine_rounds`` rounds add ranks where the region or knee is not yet bracketed to
+    tolerance (:mod:`effrank_utils.refine`). ``on_rows(table)`` is called whenever rows land.
+    """
+    run_dir = prepare_run(config, run_dir)
+    ranks = tuple(sorted(set(ranks if ranks is not None else config.ranks)))
+    data = data if data is not None else load_data_for(config)
+    with torch.device("meta"):  # the architecture alone, to check ranks before any training
+        skeleton = build_model(config.replace(pretrained=False), data.num_classes, data.channels)
+    max_rank = validate_ranks(config, skeleton, ranks)
+    teacher = train_teacher(config, run_dir, data)
+    (run_dir / TASK_DIR).mkdir(exist_ok=True)
+    write_sweep_csv(run_dir)
+    _run_tasks(config, run_dir, teacher, data, [Task(r, s) for s in config.seeds for r in ranks], on_rows)
+    if config.sweep_mode == "adaptive":
+        reference = teacher.accuracy if config.reference == "teacher" else config.reference
+        for round_ in range(1, config.refine_rounds + 1):
+            done = read_sweep(run_dir)
+            done = done[done["status"] == "ok"]
+            new = next_ranks(done["rank"], done["final_accuracy"], reference, config.band, max_rank)
+            if not new:
+                break
+            log.info("refinement round %d: adding ranks %s", round_, new)
+            _run_tasks(config, run_dir, teacher, data, [Task(r, s) for s in config.seeds for r in new], on_rows)
     write_sweep_csv(run_dir)
     return read_sweep(run_dir)

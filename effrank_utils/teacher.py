@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TEACHER_FIELDS, StudyConfig, diff
-from .data import ImageData, load_data_for, pipeline_for
+from .data import Batch, ImageData, load_data_for, pipeline_for
 from .models import build_model, resolve_device
 from .storage import load_checkpoint, save_checkpoint, write_json, write_text
 from .training import Recipe, fit
@@ -44,9 +44,9 @@ def teacher_recipe(config: StudyConfig) -> Recipe:
                   config.teacher_warmup_epochs, config.teacher_schedule)
 
 
-def cross_entropy(models, x, y):
+def cross_entropy(models: list[nn.Module], batch: Batch) -> list[torch.Tensor]:
     """Loss function for :func:`~effrank_utils.training.fit`: cross-entropy of each model."""
-    return [F.cross_entropy(m(x), y) for m in models]
+    return [F.cross_entropy(m(batch.x), batch.y) for m in models]
 
 
 def history_csv(history: list[dict]) -> str:

@@ -22,13 +22,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import BatchPipeline
+from .data import Batch, BatchPipeline
 from .storage import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
-#: ``losses(models, x, y)`` -> one scalar loss per model (same order).
-LossFn = Callable[[Sequence[nn.Module], torch.Tensor, torch.Tensor], Sequence[torch.Tensor]]
+#: ``losses(models, batch)`` -> one scalar loss per model (same order).
+LossFn = Callable[[Sequence[nn.Module], Batch], Sequence[torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def fit(models: Sequence[nn.Module], losses: LossFn, pipeline: BatchPipeline, re
         ) -> list[FitResult]:
     """Train ``models`` in lockstep on one batch stream; returns one :class:`FitResult` per model.
 
-    ``losses(active_models, x, y)`` computes one loss per active model (shared work, such as a teacher's
+    ``losses(active_models, batch)`` computes one loss per active model (shared work, such as a teacher's
     forward pass, is done once inside it). With ``state_path``, the state is saved every ``checkpoint_every``
     epochs and at the end, and training resumes from it when it exists.
     """
@@ -149,10 +149,10 @@ def fit(models: Sequence[nn.Module], losses: LossFn, pipeline: BatchPipeline, re
             models[i].train()
         loss_sum = torch.zeros(len(active), device=device)
         tic = time.perf_counter()
-        for step, (x, y) in enumerate(pipeline.train_batches(seed, epoch)):
+        for step, batch in enumerate(pipeline.train_batches(seed, epoch)):
             lr = learning_rate(recipe, epoch * steps + step, steps)
             with autocast(device, amp):
-                step_losses = torch.stack([loss.float() for loss in losses([models[i] for i in active], x, y)])
+                step_losses = torch.stack([loss.float() for loss in losses([models[i] for i in active], batch)])
             for i in active:
                 for group in optimizers[i].param_groups:
                     group["lr"] = lr

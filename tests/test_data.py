@@ -89,13 +89,14 @@ def _pipeline(**kwargs) -> BatchPipeline:
 
 def test_batches_are_reproducible_per_seed_and_epoch():
     p = _pipeline(crop_padding=1, hflip=True)
-    first = [x for x, _ in p.train_batches(seed=3, epoch=1)]
-    again = [x for x, _ in p.train_batches(seed=3, epoch=1)]
-    other = [x for x, _ in p.train_batches(seed=3, epoch=2)]
+    first = [b.x for b in p.train_batches(seed=3, epoch=1)]
+    again = [b.x for b in p.train_batches(seed=3, epoch=1)]
+    other = [b.x for b in p.train_batches(seed=3, epoch=2)]
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert not all(torch.equal(a, b) for a, b in zip(first, other))
-    labels = torch.cat([y for _, y in p.train_batches(seed=3, epoch=1)])
-    assert sorted(labels.tolist()) == [0, 1, 2, 3]
+    batches = list(p.train_batches(seed=3, epoch=1))
+    assert sorted(torch.cat([b.y for b in batches]).tolist()) == [0, 1, 2, 3]
+    assert sorted(torch.cat([b.index for b in batches]).tolist()) == [0, 1, 2, 3]  # each sample once
 
 
 def test_crop_and_flip_move_pixels_as_asked():

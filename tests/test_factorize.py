@@ -152,3 +152,10 @@ def test_bad_input_is_refused(small_vit, kwargs, match):
 def test_model_without_blocks_is_refused():
     with pytest.raises(ValueError, match="model: no targeted linear layers"):
         factorize(nn.Sequential(nn.Linear(4, 4)), 2)
+
+
+def test_student_of_a_frozen_teacher_is_trainable(small_vit):
+    frozen = copy.deepcopy(small_vit).requires_grad_(False)
+    student = factorize(frozen, 4)
+    assert all(p.requires_grad for p in student.parameters())
+    assert not any(p.requires_grad for p in frozen.parameters())

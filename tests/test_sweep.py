@@ -26,11 +26,11 @@ def test_interrupted_sweep_resumes_without_redoing_tasks(smoke, tmp_path, monkey
     real = sweep.train_students
     calls = []
 
-    def second_task_crashes(config, teacher, data, tasks, state_path=None):
+    def second_task_crashes(config, teacher, data, tasks, **kwargs):
         calls.append([t.rank for t in tasks])
         if len(calls) == 2:
             raise RuntimeError("simulated crash in the second task")
-        return real(config, teacher, data, tasks, state_path)
+        return real(config, teacher, data, tasks, **kwargs)
 
     monkeypatch.setattr(sweep, "train_students", second_task_crashes)
     with pytest.raises(RuntimeError, match="simulated crash"):

@@ -64,14 +64,14 @@ def test_moderate_rank_student_beats_rank_one(trained):
 def test_loss_vanishes_for_the_full_rank_copy_only(trained, loss):
     cfg, data, teacher, _, _ = trained
     pipeline = pipeline_for(cfg, data, 64)
-    x, y = next(pipeline.train_batches(0, 0))
+    batch = next(pipeline.train_batches(0, 0))
     exact = factorize(teacher.model, 48, init="svd").eval()
     perturbed = factorize(teacher.model, 48, init="svd").eval()
     with torch.no_grad():
         for p in perturbed.parameters():
             p.add_(0.05 * torch.randn_like(p))
     fn = DistillationLoss(teacher.model, loss, temperature=4.0, alpha=1.0)
-    same, other = (float(v.detach()) for v in fn([exact, perturbed], x, y))
+    same, other = (float(v.detach()) for v in fn([exact, perturbed], batch))
     assert abs(same) < 1e-4
     assert other > 100 * max(abs(same), 1e-6)
 

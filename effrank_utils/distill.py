@@ -67,7 +67,7 @@ def geometric_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
 
 
 class DistillationLoss:
-    """Loss function for :func:`~effrank_utils.training.fit`: the teacher runs once per batch (eval mode, no
+    """Objective for :func:`~effrank_utils.training.fit`: the teacher runs once per batch (eval mode, no
     gradients) and every student of the group is scored against the same outputs."""
 
     def __init__(self, teacher: nn.Module, loss: str, temperature: float = 4.0, alpha: float = 0.5,
@@ -77,13 +77,13 @@ class DistillationLoss:
         if cache is not None and loss == "geometric":
             raise ValueError("cache_teacher: the teacher cache holds logits only; the geometric loss needs block "
                              "outputs (use kd or logits, or turn the cache off)")
-        self.teacher, self.loss, self.temperature, self.alpha = teacher.eval(), loss, temperature, alpha
+        self.teacher, self.kind, self.temperature, self.alpha = teacher.eval(), loss, temperature, alpha
         self.cache = cache
 
     @torch.no_grad()
     def teacher_outputs(self, batch: Batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Teacher logits and (for ``geometric``) its hooked block outputs; from the cache when it has them."""
-        if self.loss == "geometric":
+        if self.kind == "geometric":
             with feature_taps(self.teacher) as feats:
                 logits = self.teacher(batch.x)
             return logits, list(feats)
@@ -97,14 +97,17 @@ class DistillationLoss:
 
     def student_loss(self, student: nn.Module, batch: Batch, teacher_logits: torch.Tensor,
                      teacher_features: Sequence[torch.Tensor]) -> torch.Tensor:
-        if self.loss == "kd":
+        if self.kind == "kd":
             return kd_loss(student(batch.x), teacher_logits, batch.y, self.temperature, self.alpha)
-        if self.loss == "logits":
+        if self.kind == "logits":
             return mse_cosine(student(batch.x), teacher_logits)
         with feature_taps(student) as feats:
             logits = student(batch.x)
         return geometric_loss(logits, teacher_logits, feats, teacher_features)
 
-    def __call__(self, students: Sequence[nn.Module], batch: Batch) -> list[torch.Tensor]:
-        t_logits, t_feats = self.teacher_outputs(batch)
-        return [self.student_loss(s, batch, t_logits, t_feats) for s in students]
+    def shared(self, batch: Batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return self.teacher_outputs(batch)
+
+    def loss(self, student: nn.Module, batch: Batch, shared: tuple[torch.Tensor, list[torch.Tensor]]
+             ) -> torch.Tensor:
+        return self.student_loss(student, batch, *shared)

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import argparse
+import ast
 import os
 from typing import Any
 
@@ -61,3 +63,15 @@ def load_preset(name: str, overrides: dict[str, Any] | None = None, **fields: An
     parameters say "keep the preset's value"), then ``overrides``. Unknown names are refused."""
     given = {k: v for k, v in fields.items() if v is not None} | dict(overrides or {})
     return make_config(preset_values(name) | given)
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``field=value`` with ``value`` as a Python literal (``[1, 2]``, ``0.9``, ``True``) or a bare string."""
+    name, sep, raw = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"--set expects field=value, got {text!r}")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return name.strip(), value

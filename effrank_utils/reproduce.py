@@ -9,7 +9,6 @@ its error; the executed notebook (with the failing cell) is kept in ``<run_dir>/
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import re
 import shutil
@@ -17,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .presets import PRESETS, load_preset
+from .presets import PRESETS, load_preset, parse_assignment
 
 NOTEBOOKS = ("01_train_teacher.ipynb", "02_rank_sweep.ipynb", "03_effective_rank_analysis.ipynb")
 DEFAULT_NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
@@ -35,18 +34,6 @@ class NotebookFailed(RuntimeError):
         super().__init__(f"notebook {notebook.name} failed in cell {cell}: {name}: {value}\n{tail}\n"
                          f"executed copy: {notebook}")
         self.notebook = notebook
-
-
-def parse_assignment(text: str) -> tuple[str, Any]:
-    """``field=value`` with ``value`` as a Python literal (``[1, 2]``, ``0.9``, ``True``) or a bare string."""
-    name, sep, raw = text.partition("=")
-    if not sep or not name.strip():
-        raise argparse.ArgumentTypeError(f"--set expects field=value, got {text!r}")
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw
-    return name.strip(), value
 
 
 def run_notebooks(preset: str, run_dir: Path, overrides: dict[str, Any], notebook_dir: Path = DEFAULT_NOTEBOOK_DIR,

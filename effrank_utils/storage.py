@@ -7,10 +7,26 @@ import fcntl
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+
+
+PAUSE_ENV = "EFFRANK_PAUSE_AT"
+PAUSE_DIR_ENV = "EFFRANK_PAUSE_DIR"
+
+
+def fault_point(name: str) -> None:
+    """Test hook for kill-safety tests: when ``$EFFRANK_PAUSE_AT`` equals ``name``, announce the pause (an empty
+    ``<name>.paused`` file in ``$EFFRANK_PAUSE_DIR``) and wait here to be killed. A no-op otherwise."""
+    if os.environ.get(PAUSE_ENV) != name:
+        return
+    marker = Path(os.environ.get(PAUSE_DIR_ENV, ".")) / f"{name.replace('/', '_').replace(' ', '_')}.paused"
+    marker.touch()
+    while True:
+        time.sleep(1)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -32,6 +48,7 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        fault_point(f"atomic_write:{path.name}")
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

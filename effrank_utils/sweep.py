@@ -16,11 +16,13 @@ seed in lockstep on one batch stream and give the same rows as training them one
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import io
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +37,9 @@ from .data import ImageData, load_data_for, pipeline_for
 from .distill import DistillationLoss
 from .factorize import count_parameters, factorize, target_layers
 from .models import build_model, resolve_device
+from .presets import PRESETS, load_preset, parse_assignment
 from .refine import next_ranks
-from .storage import ensure_writable_dir, file_lock, read_json, write_json, write_text
+from .storage import ensure_writable_dir, fault_point, file_lock, read_json, write_json, write_text
 from .teacher import Teacher, train_teacher
 from .teacher_cache import TeacherLogitCache, cache_key
 from .training import Recipe, evaluate, fit
@@ -209,6 +212,7 @@ def _run_group(config: StudyConfig, run_dir: Path, teacher: Teacher, data: Image
             else:
                 elsewhere.append(task)
         if mine:
+            log.info("training %s", ", ".join(t.name for t in mine))
             state = task_dir / ("state_" + "-".join(t.name for t in mine) + ".pt")
             rows = train_students(config, teacher.model, data, mine, state_path=state,
                                   cache_dir=run_dir / TEACHER_CACHE_DIR)
@@ -216,6 +220,7 @@ def _run_group(config: StudyConfig, run_dir: Path, teacher: Teacher, data: Image
                 write_json(_result_path(run_dir, task), row)
             write_sweep_csv(run_dir)
             state.unlink(missing_ok=True)
+            fault_point("between_tasks")
     return elsewhere
 
 
@@ -273,3 +278,27 @@ def run_sweep(config: StudyConfig, run_dir: str | Path, *, ranks: Sequence[int] 
             _run_tasks(config, run_dir, teacher, data, [Task(r, s) for s in config.seeds for r in new], on_rows)
     write_sweep_csv(run_dir)
     return read_sweep(run_dir)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m effrank_utils.sweep --preset demo --run-dir results/demo [--set field=value ...]``: the
+    teacher (if needed) and the sweep, without notebooks. Several may run on one run directory at once."""
+    parser = argparse.ArgumentParser(prog="python -m effrank_utils.sweep", description=main.__doc__)
+    parser.add_argument("--preset", default="demo", help=f"one of: {', '.join(PRESETS)}")
+    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--set", dest="overrides", action="append", type=parse_assignment, default=[],
+                        metavar="FIELD=VALUE")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_preset(args.preset, dict(args.overrides))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    table = run_sweep(config, args.run_dir)
+    print(table.to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,7 +21,7 @@ from torch import nn
 from .config import TEACHER_FIELDS, StudyConfig, diff
 from .data import Batch, ImageData, load_data_for, pipeline_for
 from .models import build_model, resolve_device
-from .storage import load_checkpoint, save_checkpoint, write_json, write_text
+from .storage import file_lock, load_checkpoint, read_json, save_checkpoint, write_json, write_text
 from .training import Recipe, fit
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,14 @@ def teacher_recipe(config: StudyConfig) -> Recipe:
                   config.teacher_warmup_epochs, config.teacher_schedule)
 
 
-def cross_entropy(models: list[nn.Module], batch: Batch) -> list[torch.Tensor]:
-    """Loss function for :func:`~effrank_utils.training.fit`: cross-entropy of each model."""
-    return [F.cross_entropy(m(batch.x), batch.y) for m in models]
+class CrossEntropy:
+    """Objective for :func:`~effrank_utils.training.fit`: cross-entropy on the labels (nothing shared)."""
+
+    def shared(self, batch: Batch) -> None:
+        return None
+
+    def loss(self, model: nn.Module, batch: Batch, shared: None) -> torch.Tensor:
+        return F.cross_entropy(model(batch.x), batch.y)
 
 
 def history_csv(history: list[dict]) -> str:
@@ -80,11 +85,27 @@ def load_teacher(config: StudyConfig, run_dir: str | Path, data: ImageData) -> T
 
 
 def train_teacher(config: StudyConfig, run_dir: str | Path, data: ImageData | None = None) -> Teacher:
-    """Train the teacher into ``run_dir`` (resuming an interrupted run), or load it if it is already there."""
+    """Train the teacher into ``run_dir`` (resuming an interrupted run), or load it if it is already there.
+
+    Several processes may call this on one run directory: one trains, the others wait and then load.
+    """
     run_dir = Path(run_dir)
     data = data if data is not None else load_data_for(config)
-    if (run_dir / TEACHER_FILE).exists():
-        return load_teacher(config, run_dir, data)
+    with file_lock(run_dir / "teacher.lock"):
+        if not (run_dir / TEACHER_FILE).exists():
+            return _train(config, run_dir, data)
+        teacher = load_teacher(config, run_dir, data)
+        if not (run_dir / "teacher.json").exists() or read_json(run_dir / "teacher.json").get("status") != "done":
+            _write_done(run_dir, config, teacher)  # a run killed between the two writes
+        return teacher
+
+
+def _write_done(run_dir: Path, config: StudyConfig, teacher: Teacher) -> None:
+    write_json(run_dir / "teacher.json", {"config": config.to_dict(), "status": "done", "accuracy": teacher.accuracy,
+                                          "epochs": len(teacher.history)})
+
+
+def _train(config: StudyConfig, run_dir: Path, data: ImageData) -> Teacher:
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     model = build_model(config, data.num_classes, data.channels).to(device)
@@ -92,21 +113,20 @@ def train_teacher(config: StudyConfig, run_dir: str | Path, data: ImageData | No
     state_path = run_dir / TEACHER_STATE_FILE
     _check_state_matches(state_path, config)
     write_json(run_dir / "teacher.json", {"config": config.to_dict(), "status": "training"})
-    (result,) = fit([model], cross_entropy, pipeline, teacher_recipe(config), seed=config.seed, amp=config.amp,
+    (result,) = fit([model], CrossEntropy(), pipeline, teacher_recipe(config), seed=config.seed, amp=config.amp,
                     state_path=state_path, checkpoint_every=config.checkpoint_every, desc="teacher",
                     on_epoch=lambda _, results: write_text(run_dir / "teacher_metrics.csv",
                                                            history_csv(results[0].history)))
     if result.failure:
         raise FloatingPointError(f"teacher training failed: {result.failure}; lower teacher_lr")
-    accuracy = result.final_accuracy
+    teacher = Teacher(model.eval(), result.final_accuracy, result.history)
     save_checkpoint(run_dir / TEACHER_FILE, {
         "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-        "config": json.dumps(config.to_dict()), "accuracy": accuracy, "history": json.dumps(result.history)})
-    write_json(run_dir / "teacher.json", {"config": config.to_dict(), "status": "done", "accuracy": accuracy,
-                                          "epochs": len(result.history)})
+        "config": json.dumps(config.to_dict()), "accuracy": teacher.accuracy, "history": json.dumps(result.history)})
+    _write_done(run_dir, config, teacher)
     state_path.unlink(missing_ok=True)
-    log.info("teacher: test accuracy %.4f after %d epochs", accuracy, len(result.history))
-    return Teacher(model.eval(), accuracy, result.history)
+    log.info("teacher: test accuracy %.4f after %d epochs", teacher.accuracy, len(result.history))
+    return teacher
 
 
 def _check_state_matches(state_path: Path, config: StudyConfig) -> None:

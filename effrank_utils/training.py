@@ -16,19 +16,24 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from .data import Batch, BatchPipeline
-from .storage import load_checkpoint, save_checkpoint
+from .storage import fault_point, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
-#: ``losses(models, batch)`` -> one scalar loss per model (same order).
-LossFn = Callable[[Sequence[nn.Module], Batch], Sequence[torch.Tensor]]
+class Objective(Protocol):
+    """What :func:`fit` minimizes: ``shared(batch)`` is computed once per batch for the whole group (a
+    teacher's forward pass, say) and ``loss(model, batch, shared)`` once per model."""
+
+    def shared(self, batch: Batch) -> Any: ...
+
+    def loss(self, model: nn.Module, batch: Batch, shared: Any) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -124,14 +129,14 @@ def _checkpoint(state_path: Path, epoch: int, models: Sequence[nn.Module],
     })
 
 
-def fit(models: Sequence[nn.Module], losses: LossFn, pipeline: BatchPipeline, recipe: Recipe, *, seed: int,
+def fit(models: Sequence[nn.Module], objective: Objective, pipeline: BatchPipeline, recipe: Recipe, *, seed: int,
         amp: bool = False, state_path: str | Path | None = None, checkpoint_every: int = 1,
         desc: str = "training", on_epoch: Callable[[int, list[FitResult]], None] | None = None
         ) -> list[FitResult]:
     """Train ``models`` in lockstep on one batch stream; returns one :class:`FitResult` per model.
 
-    ``losses(active_models, batch)`` computes one loss per active model (shared work, such as a teacher's
-    forward pass, is done once inside it). With ``state_path``, the state is saved every ``checkpoint_every``
+    Per batch, ``objective.shared`` runs once; then each active model in turn computes its loss, backpropagates
+    and steps (so only one model's graph is alive at a time). With ``state_path``, the state is saved every ``checkpoint_every``
     epochs and at the end, and training resumes from it when it exists.
     """
     device = pipeline.data.train_images.device
@@ -152,15 +157,16 @@ def fit(models: Sequence[nn.Module], losses: LossFn, pipeline: BatchPipeline, re
         for step, batch in enumerate(pipeline.train_batches(seed, epoch)):
             lr = learning_rate(recipe, epoch * steps + step, steps)
             with autocast(device, amp):
-                step_losses = torch.stack([loss.float() for loss in losses([models[i] for i in active], batch)])
-            for i in active:
+                shared = objective.shared(batch)
+            for slot, i in enumerate(active):
+                with autocast(device, amp):
+                    loss = objective.loss(models[i], batch, shared).float()
+                optimizers[i].zero_grad(set_to_none=True)
+                loss.backward()
                 for group in optimizers[i].param_groups:
                     group["lr"] = lr
-                optimizers[i].zero_grad(set_to_none=True)
-            step_losses.sum().backward()  # parameters are disjoint: each model gets its own gradient
-            for i in active:
                 optimizers[i].step()
-            loss_sum += step_losses.detach()
+                loss_sum[slot] += loss.detach()
         mean_loss = (loss_sum / steps).tolist()
         seconds = time.perf_counter() - tic
         for i, loss in zip(active, mean_loss):
@@ -173,6 +179,7 @@ def fit(models: Sequence[nn.Module], losses: LossFn, pipeline: BatchPipeline, re
         last = epoch + 1 == recipe.epochs
         if state_path is not None and (last or (checkpoint_every and (epoch + 1) % checkpoint_every == 0)):
             _checkpoint(state_path, epoch + 1, models, optimizers, results)
+        fault_point(f"epoch_done:{desc}:{epoch + 1}")
         if on_epoch is not None:
             on_epoch(epoch + 1, results)
         accs = [r.history[-1]["test_accuracy"] for r in results if r.failure is None and r.history]

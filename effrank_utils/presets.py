@@ -29,10 +29,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         kd_temperature=4.0, kd_alpha=0.5, student_epochs=10, student_lr=1e-3, student_batch_size=64,
     ),
     "cifar10-cpu": dict(
-        dataset="cifar10", crop_padding=4, hflip=True, image_size=32, patch_size=4, embed_dim=128, depth=6,
-        num_heads=4, mlp_ratio=2.0, teacher_epochs=30, teacher_lr=1e-3, teacher_weight_decay=0.05,
-        teacher_batch_size=128, teacher_warmup_epochs=2, ranks=(1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128),
-        init="svd", loss="kd", student_epochs=3, student_lr=5e-4, student_batch_size=128,
+        dataset="cifar10", train_subset=10000, crop_padding=4, hflip=True, image_size=32, patch_size=4,
+        embed_dim=128, depth=6, num_heads=4, mlp_ratio=2.0, teacher_epochs=20, teacher_lr=1e-3,
+        teacher_weight_decay=0.05, teacher_batch_size=128, teacher_warmup_epochs=2,
+        ranks=(1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128), init="svd", loss="kd", student_epochs=3,
+        student_lr=5e-4, student_batch_size=128, fuse=4,
     ),
     "paper": dict(
         dataset="cifar100", download=True, crop_padding=4, hflip=True, normalization="imagenet", model="vit_b_32",

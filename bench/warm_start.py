@@ -74,8 +74,12 @@ def main() -> None:
               "machine": {"platform": platform.platform(),
                           "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}}
     budgets = {"random": args.random_epochs, "svd": args.svd_epochs}
-    hist = {init: distill_histories(config, model, data, ranks, init, budgets[init]) for init in budgets}
-    record["histories"] = {init: {str(r): h for r, h in v.items()} for init, v in hist.items()}
+    hist: dict[str, dict[int, list[float]]] = {}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for init, epochs in budgets.items():  # saved after each phase: an interrupted run keeps what finished
+        hist[init] = distill_histories(config, model, data, ranks, init, epochs)
+        record["histories"] = {i: {str(r): h for r, h in v.items()} for i, v in hist.items()}
+        args.out.write_text(json.dumps(record, indent=2) + "\n")
     targets = {r: hist["random"][r][-1] for r in ranks}
     needed = {r: epochs_to_reach(hist["svd"][r], targets[r]) for r in ranks}
     record["random_final"] = {str(r): targets[r] for r in ranks}
@@ -88,7 +92,6 @@ def main() -> None:
         res = effective_rank(ranks, acc, teacher.accuracy)
         record["estimates"][name] = {"region": [res.low.describe(), res.high.describe()], "knee": res.knee}
     record["seconds"] = time.perf_counter() - tic
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
 
     fig, (ax_epochs, ax_rank) = plt.subplots(1, 2, figsize=(11, 4))

@@ -16,7 +16,7 @@ install: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -r requirements.txt
-	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip install --quiet -e '.[ray]'  # the package (editable) and the optional Ray extra
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (effrank)"
 	touch $(STAMP)
 

@@ -51,6 +51,33 @@ def epochs_to_reach(history: list[float], target: float) -> int | None:
     return next((i + 1 for i, acc in enumerate(history) if acc >= target), None)
 
 
+def plot(record: dict) -> plt.Figure:
+    """Left: accuracy per epoch for both inits; right: accuracy vs rank for each estimator."""
+    ranks, teacher = record["ranks"], record["teacher_accuracy"]
+    fig, (ax_epochs, ax_rank) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, r in enumerate(ranks):
+        for init, style in (("random", "--"), ("svd", "-")):
+            history = record["histories"][init][str(r)]
+            ax_epochs.plot(np.arange(1, len(history) + 1), history, ls=style, color=f"C{i}",
+                           label=f"r={r}" if init == "svd" else None)
+    ax_epochs.axhline(teacher, color="k", lw=0.8, ls=":")
+    ax_epochs.set(xlabel="distillation epochs", ylabel="test top-1",
+                  title="SVD init (solid) vs random init (dashed); teacher dotted")
+    ax_epochs.legend(fontsize=7, ncol=2)
+    for name in record["estimates"]:
+        init, epochs = name.split("@")
+        acc = [record["histories"][init][str(r)][int(epochs) - 1] for r in ranks]
+        ax_rank.plot(ranks, np.array(acc) / teacher, "o-", label=name)
+    ax_rank.axhspan(0.85, 0.95, color="C2", alpha=0.15, label="85-95% band")
+    ax_rank.set_xscale("log")
+    ax_rank.set_xticks(ranks, labels=[str(r) for r in ranks])
+    ax_rank.minorticks_off()
+    ax_rank.set(xlabel="rank r", ylabel="accuracy / teacher", title="Accuracy vs rank per estimator (init@epochs)")
+    ax_rank.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="cifar10-cpu")
@@ -61,7 +88,11 @@ def main() -> None:
     parser.add_argument("--run-dir", type=Path, default=Path("results/warm_start"))
     parser.add_argument("--out", type=Path, default=Path("docs/warm_start.json"))
     parser.add_argument("--figure", type=Path, default=Path("docs/warm_start.png"))
+    parser.add_argument("--replot", action="store_true", help="only redraw --figure from the --out record")
     args = parser.parse_args()
+    if args.replot:
+        plot(json.loads(args.out.read_text())).savefig(args.figure, dpi=130)
+        return
     ranks = [int(r) for r in args.ranks.split(",")]
     config = load_preset(args.preset, dict(args.overrides) | {"student_schedule": "constant",
                                                                "student_warmup_epochs": 0, "ranks": ranks})
@@ -94,21 +125,7 @@ def main() -> None:
     record["seconds"] = time.perf_counter() - tic
     args.out.write_text(json.dumps(record, indent=2) + "\n")
 
-    fig, (ax_epochs, ax_rank) = plt.subplots(1, 2, figsize=(11, 4))
-    for i, r in enumerate(ranks):
-        ax_epochs.plot(np.arange(1, budgets["random"] + 1), hist["random"][r], ls="--", color=f"C{i}")
-        ax_epochs.plot(np.arange(1, budgets["svd"] + 1), hist["svd"][r], color=f"C{i}", label=f"r={r}")
-    ax_epochs.set(xlabel="distillation epochs", ylabel="test top-1",
-                  title="SVD init (solid) vs random init (dashed)")
-    ax_epochs.legend(fontsize=7, ncol=2)
-    for name, acc in estimates.items():
-        ax_rank.plot(ranks, np.array(acc) / teacher.accuracy, "o-", label=name)
-    ax_rank.axhspan(0.85, 0.95, color="C2", alpha=0.15)
-    ax_rank.set(xscale="log", xlabel="rank r", ylabel="accuracy / teacher", title="Accuracy vs rank per estimator")
-    ax_rank.legend(fontsize=8)
-    fig.tight_layout()
-    args.figure.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.figure, dpi=130)
+    plot(record).savefig(args.figure, dpi=130)
     print(json.dumps({k: record[k] for k in ("teacher_accuracy", "random_final", "svd_epochs_to_match_random",
                                              "estimates", "seconds")}, indent=2))
 

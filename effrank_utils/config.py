@@ -18,6 +18,7 @@ SCHEDULES = ("cosine", "constant")
 NORMALIZATIONS = ("dataset", "imagenet")
 DEVICES = ("auto", "cpu", "cuda")
 SWEEP_MODES = ("grid", "adaptive")
+EXECUTORS = ("local", "ray", "processes")
 SMALL_VIT = "small_vit"
 TORCHVISION_VIT = "vit_b_32"
 
@@ -73,6 +74,9 @@ class StudyConfig:
     eval_batch_size: int = 512
     fuse: int = 1                      # students trained in lockstep per group (1: one at a time)
     cache_teacher: bool = False        # kd/logits: keep the teacher's logits per (epoch, sample) on disk
+    executor: str = "local"            # local, ray (a Ray cluster or a local Ray), processes (spawned)
+    workers: int | None = None         # processes, or CPUs of a local Ray (default: all cores)
+    ray_address: str | None = None     # an existing Ray cluster (default: $RAY_ADDRESS, else start one)
     sweep_mode: str = "grid"           # grid: the listed ranks; adaptive: refine crossings and knee
     refine_rounds: int = 4
     # analysis
@@ -140,6 +144,9 @@ def _validate_fields(values: dict) -> dict:
     _choice("init", v["init"], INITS)
     _choice("loss", v["loss"], LOSSES)
     _choice("sweep_mode", v["sweep_mode"], SWEEP_MODES)
+    _choice("executor", v["executor"], EXECUTORS)
+    if v["workers"] is not None:
+        v["workers"] = _positive_int("workers", v["workers"])
     for name in ("teacher_schedule", "student_schedule"):
         _choice(name, v[name], SCHEDULES)
     if not isinstance(v["model"], str) or not v["model"]:

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import json
 import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -16,11 +17,24 @@ import torch
 
 PAUSE_ENV = "EFFRANK_PAUSE_AT"
 PAUSE_DIR_ENV = "EFFRANK_PAUSE_DIR"
+CRASH_ENV = "EFFRANK_CRASH_AT"
+CRASH_ONCE_ENV = "EFFRANK_CRASH_ONCE"
 
 
 def fault_point(name: str) -> None:
-    """Test hook for kill-safety tests: when ``$EFFRANK_PAUSE_AT`` equals ``name``, announce the pause (an empty
-    ``<name>.paused`` file in ``$EFFRANK_PAUSE_DIR``) and wait here to be killed. A no-op otherwise."""
+    """Test hook for fault tests; a no-op unless asked for.
+
+    ``$EFFRANK_PAUSE_AT == name``: announce the pause (an empty ``<name>.paused`` file in ``$EFFRANK_PAUSE_DIR``)
+    and wait here to be killed. ``$EFFRANK_CRASH_AT == name``: the first process to get here (the one that
+    creates the file ``$EFFRANK_CRASH_ONCE``) kills itself with SIGKILL, as a lost worker would die.
+    """
+    if os.environ.get(CRASH_ENV) == name:
+        try:
+            fd = os.open(os.environ[CRASH_ONCE_ENV], os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            return
+        os.close(fd)
+        os.kill(os.getpid(), signal.SIGKILL)
     if os.environ.get(PAUSE_ENV) != name:
         return
     marker = Path(os.environ.get(PAUSE_DIR_ENV, ".")) / f"{name.replace('/', '_').replace(' ', '_')}.paused"

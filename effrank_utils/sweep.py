@@ -17,6 +17,7 @@ seed in lockstep on one batch stream and give the same rows as training them one
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
 import contextlib
 import csv
 import io
@@ -35,6 +36,7 @@ from tqdm.auto import tqdm
 from .config import STUDENT_FIELDS, TEACHER_FIELDS, StudyConfig, config_from_json, diff
 from .data import ImageData, load_data_for, pipeline_for
 from .distill import DistillationLoss
+from .executors import make_executor, threads_per_task, train_group
 from .factorize import count_parameters, factorize, target_layers
 from .models import build_model, resolve_device
 from .presets import PRESETS, load_preset, parse_assignment
@@ -50,6 +52,7 @@ SWEEP_CSV = "sweep.csv"
 CONFIG_JSON = "config.json"
 TASK_DIR = "tasks"
 TEACHER_CACHE_DIR = "teacher_cache"
+WORKER_FAILURE = "worker failed"
 COLUMNS = ("rank", "seed", "status", "params", "teacher_params", "compression", "final_accuracy",
            "best_accuracy", "best_epoch", "zero_shot_accuracy", "epochs", "init", "loss", "seconds", "failure")
 IDENTITY_FIELDS = TEACHER_FIELDS + STUDENT_FIELDS
@@ -198,16 +201,31 @@ def _result_path(run_dir: Path, task: Task) -> Path:
     return run_dir / TASK_DIR / f"{task.name}.json"
 
 
-def _run_group(config: StudyConfig, run_dir: Path, teacher: Teacher, data: ImageData, group: list[Task],
-               blocking: bool) -> list[Task]:
-    """Train the tasks of ``group`` that no other process holds and that are not finished; returns those
-    that were held elsewhere (to be waited for)."""
+def is_finished(run_dir: Path, task: Task) -> bool:
+    """A task is finished when its row exists, unless the row only says that its worker died."""
+    path = _result_path(run_dir, task)
+    return path.exists() and not str(read_json(path).get("failure") or "").startswith(WORKER_FAILURE)
+
+
+def record_worker_failure(run_dir: Path, tasks: Sequence[Task], reason: str) -> None:
+    """Rows for tasks whose worker died (after the executor's retries); a rerun trains them again."""
+    for task in tasks:
+        if not is_finished(run_dir, task):
+            write_json(_result_path(run_dir, task), {"rank": task.rank, "seed": task.seed, "status": "failed",
+                                                     "failure": f"{WORKER_FAILURE}: {reason}"})
+    write_sweep_csv(run_dir)
+
+
+def run_group(config: StudyConfig, run_dir: Path, teacher: Teacher, data: ImageData, group: list[Task],
+              blocking: bool) -> tuple[list[dict], list[Task]]:
+    """Train the tasks of ``group`` that no other process holds and that are not finished. Returns the rows of
+    the group's finished tasks and the tasks held elsewhere (to be waited for)."""
     task_dir = run_dir / TASK_DIR
     with contextlib.ExitStack() as stack:
         mine, elsewhere = [], []
         for task in group:
             if stack.enter_context(file_lock(task_dir / f"{task.name}.lock", blocking=blocking)):
-                if not _result_path(run_dir, task).exists():
+                if not is_finished(run_dir, task):
                     mine.append(task)
             else:
                 elsewhere.append(task)
@@ -221,40 +239,93 @@ def _run_group(config: StudyConfig, run_dir: Path, teacher: Teacher, data: Image
             write_sweep_csv(run_dir)
             state.unlink(missing_ok=True)
             fault_point("between_tasks")
-    return elsewhere
+    rows = [read_json(_result_path(run_dir, t)) for t in group if _result_path(run_dir, t).exists()]
+    return rows, elsewhere
+
+
+def _announce(rows: Sequence[dict]) -> None:
+    for row in rows:
+        accuracy = row.get("final_accuracy")
+        tqdm.write(f"rank {row['rank']:>4} seed {row['seed']}: {row['status']}"
+                   + (f", final accuracy {accuracy:.4f}" if accuracy is not None else f" ({row.get('failure')})"))
 
 
 def _run_tasks(config: StudyConfig, run_dir: Path, teacher: Teacher, data: ImageData, tasks: Sequence[Task],
-               on_rows: Callable[[pd.DataFrame], None] | None) -> None:
-    """Run the unfinished ``tasks`` in fused groups; wait for (and, if they died, take over) tasks that another
-    process holds."""
-    pending = [t for t in tasks if not _result_path(run_dir, t).exists()]
+               on_rows: Callable[[pd.DataFrame], None] | None, executor: cf.Executor | None) -> None:
+    """Run the unfinished ``tasks`` in fused groups, here or through ``executor``."""
+    pending = [t for t in tasks if not is_finished(run_dir, t)]
     log.info("sweep: %d of %d tasks to run in %s", len(pending), len(tasks), run_dir)
     bar = tqdm(total=len(tasks), initial=len(tasks) - len(pending), desc="students", unit="student")
+    groups = _groups(pending, config.fuse)
+    try:
+        if executor is None:
+            _run_here(config, run_dir, teacher, data, groups, on_rows, bar)
+        else:
+            _dispatch(executor, config, run_dir, groups, on_rows, bar)
+    finally:
+        bar.close()
+
+
+def _run_here(config: StudyConfig, run_dir: Path, teacher: Teacher, data: ImageData, groups: list[list[Task]],
+              on_rows: Callable[[pd.DataFrame], None] | None, bar: tqdm) -> None:
+    """In this process; tasks another process holds are waited for, then run if it left them unfinished."""
     waiting: list[Task] = []
-    for group in _groups(pending, config.fuse):
-        held = _run_group(config, run_dir, teacher, data, group, blocking=False)
+    for group in groups:
+        rows, held = run_group(config, run_dir, teacher, data, group, blocking=False)
         waiting += held
         bar.update(len(group) - len(held))
+        _announce([r for r in rows if (r["rank"], r["seed"]) not in {(t.rank, t.seed) for t in held}])
         if on_rows is not None and len(held) < len(group):
             on_rows(read_sweep(run_dir))
-    for group in _groups(waiting, config.fuse):  # held by another process: wait, then run what it left
-        _run_group(config, run_dir, teacher, data, group, blocking=True)
+    for group in _groups(waiting, config.fuse):
+        rows, _ = run_group(config, run_dir, teacher, data, group, blocking=True)
         bar.update(len(group))
+        _announce(rows)
         if on_rows is not None:
             on_rows(read_sweep(run_dir))
-    bar.close()
+
+
+def _dispatch(executor: cf.Executor, config: StudyConfig, run_dir: Path, groups: list[list[Task]],
+              on_rows: Callable[[pd.DataFrame], None] | None, bar: tqdm) -> None:
+    """One executor task per group; rows land in ``run_dir`` from the workers. A group whose worker failed
+    (after the executor's own retries) is recorded as failed; Ctrl-C cancels what has not finished."""
+    threads = threads_per_task(executor)
+    futures = {executor.submit(train_group, config.to_dict(), str(run_dir), [(t.rank, t.seed) for t in g],
+                               threads): g for g in groups}
+    try:
+        for future in cf.as_completed(futures):
+            group = futures[future]
+            try:
+                rows = future.result()
+            except Exception as exc:  # a dead worker or node, after retries
+                log.warning("tasks %s failed in their worker: %s", [t.name for t in group], exc)
+                record_worker_failure(run_dir, group, f"{type(exc).__name__}: {exc}"[:500])
+                rows = [read_json(_result_path(run_dir, t)) for t in group]
+            bar.update(len(group))
+            _announce(rows)
+            if on_rows is not None:
+                on_rows(read_sweep(run_dir))
+    except KeyboardInterrupt:
+        log.warning("interrupted: cancelling %d outstanding task group(s); rerun to resume",
+                    sum(not f.done() for f in futures))
+        for future in futures:
+            future.cancel()
+        executor.shutdown(wait=False, cancel_futures=True)
+        raise
 
 
 def run_sweep(config: StudyConfig, run_dir: str | Path, *, ranks: Sequence[int] | None = None,
-              on_rows: Callable[[pd.DataFrame], None] | None = None, data: ImageData | None = None
-              ) -> pd.DataFrame:
+              on_rows: Callable[[pd.DataFrame], None] | None = None, data: ImageData | None = None,
+              executor: cf.Executor | None = None) -> pd.DataFrame:
     """Distill one student per (rank, seed) into ``run_dir`` and return the sweep table.
 
     Finished tasks are skipped (resume); tasks that another process is training are waited for, not repeated.
     The teacher is trained first if the run has none. With ``sweep_mode="adaptive"``, ``ranks`` is the coarse
     grid and up to ``refine_rounds`` rounds add ranks where the region or knee is not yet bracketed to
     tolerance (:mod:`effrank_utils.refine`). ``on_rows(table)`` is called whenever rows land.
+
+    Students run in this process (``config.executor="local"``), on Ray (``"ray"``), in spawned processes
+    (``"processes"``), or on any ``concurrent.futures.Executor`` passed as ``executor`` (Dask, submitit, ...).
     """
     run_dir = prepare_run(config, run_dir)
     ranks = tuple(sorted(set(ranks if ranks is not None else config.ranks)))
@@ -265,7 +336,24 @@ def run_sweep(config: StudyConfig, run_dir: str | Path, *, ranks: Sequence[int] 
     teacher = train_teacher(config, run_dir, data)
     (run_dir / TASK_DIR).mkdir(exist_ok=True)
     write_sweep_csv(run_dir)
-    _run_tasks(config, run_dir, teacher, data, [Task(r, s) for s in config.seeds for r in ranks], on_rows)
+    owned = executor is None and config.executor != "local"
+    if owned:
+        executor = make_executor(config.executor, config.workers, config.ray_address)
+    try:
+        _sweep_rounds(config, run_dir, teacher, data, ranks, max_rank, on_rows, executor)
+    finally:
+        if owned:
+            executor.shutdown(wait=True)
+    write_sweep_csv(run_dir)
+    return read_sweep(run_dir)
+
+
+def _sweep_rounds(config: StudyConfig, run_dir: Path, teacher: Teacher, data: ImageData, ranks: Sequence[int],
+                  max_rank: int, on_rows: Callable[[pd.DataFrame], None] | None, executor: cf.Executor | None
+                  ) -> None:
+    """The grid, then (adaptive mode) refinement rounds, each a batch of parallel tasks."""
+    _run_tasks(config, run_dir, teacher, data, [Task(r, s) for s in config.seeds for r in ranks], on_rows,
+               executor)
     if config.sweep_mode == "adaptive":
         reference = teacher.accuracy if config.reference == "teacher" else config.reference
         for round_ in range(1, config.refine_rounds + 1):
@@ -275,9 +363,8 @@ def run_sweep(config: StudyConfig, run_dir: str | Path, *, ranks: Sequence[int] 
             if not new:
                 break
             log.info("refinement round %d: adding ranks %s", round_, new)
-            _run_tasks(config, run_dir, teacher, data, [Task(r, s) for s in config.seeds for r in new], on_rows)
-    write_sweep_csv(run_dir)
-    return read_sweep(run_dir)
+            _run_tasks(config, run_dir, teacher, data, [Task(r, s) for s in config.seeds for r in new], on_rows,
+                       executor)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -104,3 +104,14 @@ def test_reproduce_fails_loudly_when_a_notebook_fails(tmp_path, capsys, kernel_e
     assert code == 1
     assert "03_effective_rank_analysis.ipynb failed in cell" in err and "at least 2 are needed" in err
     assert not (tmp_path / "smoke" / "summary.json").exists()
+
+
+def test_sweep_notebook_runs_on_ray(kernel_env, tmp_path):
+    pytest.importorskip("ray", reason="the Ray extra is not installed")
+    executed = run_notebooks("smoke", tmp_path, {"ranks": [1, 2, 4], "executor": "ray", "workers": 2},
+                             progress=False)
+    assert pd.read_csv(tmp_path / "sweep.csv")["rank"].tolist() == [1, 2, 4]
+    sweep_nb = nbformat.read(executed[1], as_version=4)
+    printed = "".join(o.get("text", "") for c in sweep_nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "rank    4 seed 0: ok" in printed  # each row is printed as it lands
+    assert (tmp_path / "summary.json").exists()

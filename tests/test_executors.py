@@ -92,3 +92,19 @@ def test_adaptive_refinement_runs_rounds_on_ray(smoke, tmp_path, fresh_ray):
                         band=(0.5, 0.9), executor="ray", workers=2)
     table = sweep.run_sweep(cfg, tmp_path)
     assert len(table) > 2 and table["rank"].is_unique
+
+
+def test_ctrl_c_cancels_outstanding_tasks_and_a_rerun_resumes(smoke, tmp_path):
+    def interrupt_after_first_row(table):
+        raise KeyboardInterrupt
+
+    with cf.ThreadPoolExecutor(max_workers=1) as pool:
+        with pytest.raises(KeyboardInterrupt):
+            sweep.run_sweep(smoke, tmp_path, executor=pool, on_rows=interrupt_after_first_row)
+        done = pd.read_csv(tmp_path / "sweep.csv")
+        assert 1 <= len(done) < 6  # the queued groups were cancelled, not run
+    table = sweep.run_sweep(smoke, tmp_path)
+    assert len(table) == 6 and table["status"].eq("ok").all()
+    merged = done.merge(table, on=["rank", "seed"], suffixes=("_before", "_after"))
+    assert len(merged) == len(done)
+    assert (merged["final_accuracy_before"] == merged["final_accuracy_after"]).all()

@@ -95,7 +95,9 @@ def test_two_concurrent_sweeps_share_the_work(reference, tmp_path):
     assert sum(log.count("INFO effrank_utils.teacher: teacher: test accuracy") for log in logs) == 1
 
 
-def test_nan_loss_marks_the_student_failed_and_the_sweep_goes_on(tmp_path, monkeypatch):
+@pytest.fixture
+def nan_at_rank_2(monkeypatch):
+    """The rank-2 student's loss turns NaN."""
     real = DistillationLoss.student_loss
 
     def nan_for_rank_2(self, student, batch, t_logits, t_feats):
@@ -104,6 +106,9 @@ def test_nan_loss_marks_the_student_failed_and_the_sweep_goes_on(tmp_path, monke
         return loss * float("nan") if ranks == {2} else loss
 
     monkeypatch.setattr(DistillationLoss, "student_loss", nan_for_rank_2)
+
+
+def test_nan_loss_marks_the_student_failed_and_the_sweep_goes_on(tmp_path, nan_at_rank_2):
     cfg = load_preset("smoke", ranks=[1, 2, 4])
     table = sweep.run_sweep(cfg, tmp_path)
     assert table["rank"].tolist() == [1, 2, 4]
@@ -115,15 +120,7 @@ def test_nan_loss_marks_the_student_failed_and_the_sweep_goes_on(tmp_path, monke
     assert len(study.failed) == 1 and study.table["rank"].tolist() == [1, 4]
 
 
-def test_nan_in_a_fused_group_stops_only_that_student(tmp_path, monkeypatch):
-    real = DistillationLoss.student_loss
-
-    def nan_for_rank_2(self, student, batch, t_logits, t_feats):
-        loss = real(self, student, batch, t_logits, t_feats)
-        ranks = {m.rank for m in student.modules() if isinstance(m, LowRankLinear)}
-        return loss * float("nan") if ranks == {2} else loss
-
-    monkeypatch.setattr(DistillationLoss, "student_loss", nan_for_rank_2)
+def test_nan_in_a_fused_group_stops_only_that_student(tmp_path, nan_at_rank_2):
     table = sweep.run_sweep(load_preset("smoke", ranks=[1, 2, 4], fuse=3, student_epochs=2), tmp_path)
     assert table.set_index("rank")["status"].to_dict() == {1: "ok", 2: "failed", 4: "ok"}
     assert table.set_index("rank").loc[4, "epochs"] == 2

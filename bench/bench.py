@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import tempfile
@@ -128,7 +129,7 @@ def time_to_region(student_epochs: int, coarse: list[int], max_rank: int, teache
             run_dir.mkdir()
             for f in ("teacher.pt", "teacher.json"):  # the same teacher for both: its time is not counted
                 (run_dir / f).write_bytes((teacher_dir / f).read_bytes())
-            seconds, table = timed(lambda: run_sweep(cfg, run_dir, data=data))
+            seconds, table = timed(functools.partial(run_sweep, cfg, run_dir, data=data))
             result = effective_rank(table["rank"], table["final_accuracy"], teacher.accuracy)
             out[name] = {"seconds": seconds, "students": len(table), "region": [result.region_low,
                                                                               result.region_high],

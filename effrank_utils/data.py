@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import StudyConfig
+from .storage import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,6 @@ def _imagefolder(root: Path, size: int | None) -> tuple[np.ndarray, np.ndarray, 
     if classes != test_classes:
         raise ValueError(f"data_root: train and {test_dir.name} class folders differ under {root}")
     try:
-        from .storage import atomic_write
         atomic_write(cache, lambda f: np.savez(f, x_tr=x_tr, y_tr=y_tr, x_te=x_te, y_te=y_te,
                                                 num_classes=len(classes)))
     except OSError as exc:  # a read-only home is no reason to fail

@@ -274,7 +274,7 @@ def factorize(teacher: nn.Module, rank: int, *, init: str = "svd", targets: str 
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
-        for block_name, block in transformer_blocks(student):
+        for _, block in transformer_blocks(student):
             attn = block_attention(block)
             if isinstance(attn, nn.MultiheadAttention):
                 block.self_attention = SplitMultiheadAttention.from_multihead(attn)

@@ -14,7 +14,6 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-
 PAUSE_ENV = "EFFRANK_PAUSE_AT"
 PAUSE_DIR_ENV = "EFFRANK_PAUSE_DIR"
 CRASH_ENV = "EFFRANK_CRASH_AT"

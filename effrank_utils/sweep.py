@@ -21,7 +21,6 @@ import concurrent.futures as cf
 import contextlib
 import csv
 import io
-import json
 import logging
 import sys
 import time

@@ -27,6 +27,7 @@ from .storage import fault_point, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
+
 class Objective(Protocol):
     """What :func:`fit` minimizes: ``shared(batch)`` is computed once per batch for the whole group (a
     teacher's forward pass, say) and ``loss(model, batch, shared)`` once per model."""
@@ -136,8 +137,8 @@ def fit(models: Sequence[nn.Module], objective: Objective, pipeline: BatchPipeli
     """Train ``models`` in lockstep on one batch stream; returns one :class:`FitResult` per model.
 
     Per batch, ``objective.shared`` runs once; then each active model in turn computes its loss, backpropagates
-    and steps (so only one model's graph is alive at a time). With ``state_path``, the state is saved every ``checkpoint_every``
-    epochs and at the end, and training resumes from it when it exists.
+    and steps (so only one model's graph is alive at a time). With ``state_path``, the state is saved every
+    ``checkpoint_every`` epochs and at the end, and training resumes from it when it exists.
     """
     device = pipeline.data.train_images.device
     state_path = Path(state_path) if state_path is not None else None

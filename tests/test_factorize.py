@@ -10,8 +10,16 @@ import torchvision
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from effrank_utils.factorize import (LowRankLinear, SplitMultiheadAttention, break_even_rank, count_parameters,
-                                     factorize, low_rank_parameters, parameter_report, target_layers)
+from effrank_utils.factorize import (
+    LowRankLinear,
+    SplitMultiheadAttention,
+    break_even_rank,
+    count_parameters,
+    factorize,
+    low_rank_parameters,
+    parameter_report,
+    target_layers,
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,33 @@
+"""The benchmark and experiment scripts run end to end (tiny sizes; no timing is asserted)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str) -> None:
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_bench_writes_its_figures(tmp_path):
+    out = tmp_path / "bench.json"
+    run("bench/bench.py", "--quick", "--out", str(out))
+    result = json.loads(out.read_text())
+    assert result["fused"]["speedup"] > 0 and result["fused"]["k"] == 2
+    assert result["time_to_region"]["dense"]["students"] > result["time_to_region"]["adaptive"]["students"]
+    assert 0 < result["teacher_step"]["fraction_of_peak"]
+
+
+def test_warm_start_experiment_records_and_plots(tmp_path):
+    out, figure = tmp_path / "ws.json", tmp_path / "ws.png"
+    run("bench/warm_start.py", "--preset", "smoke", "--ranks", "1,4", "--random-epochs", "2", "--svd-epochs", "1",
+        "--run-dir", str(tmp_path / "run"), "--out", str(out), "--figure", str(figure))
+    record = json.loads(out.read_text())
+    assert set(record["histories"]) == {"random", "svd"} and len(record["histories"]["random"]["4"]) == 2
+    assert set(record["svd_epochs_to_match_random"]) == {"1", "4"}
+    assert figure.stat().st_size > 0
+    run("bench/warm_start.py", "--replot", "--out", str(out), "--figure", str(tmp_path / "again.png"))

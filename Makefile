@@ -27,7 +27,7 @@ reproduce: install
 	$(BIN)/python -m effrank_utils.reproduce --preset $(PRESET) --results $(RESULTS) $(ARGS)
 
 lab: install
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 bench: install
 	$(BIN)/python bench/bench.py $(ARGS)

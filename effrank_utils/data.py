@@ -58,8 +58,16 @@ class ImageData:
         return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).tolist())
 
     def to(self, device: torch.device | str) -> "ImageData":
-        return ImageData(self.name, self.train_images.to(device), self.train_labels.to(device),
-                         self.test_images.to(device), self.test_labels.to(device), self.num_classes)
+        """A copy on ``device`` (through pinned memory when it is a GPU); the same object if already there."""
+        device = torch.device(device)
+        if self.train_images.device == device:
+            return self
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+
+        return ImageData(self.name, move(self.train_images), move(self.train_labels), move(self.test_images),
+                         move(self.test_labels), self.num_classes)
 
 
 # ------------------------------------------------------------------------------------------------ loading

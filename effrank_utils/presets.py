@@ -2,7 +2,7 @@
 
 * ``smoke``  -- seconds; what the tests run.
 * ``demo``   -- the embedded default of ``make reproduce``: offline ``digits``, a small ViT, SVD + KD students.
-* ``cifar10-cpu`` -- CIFAR-10 (torchvision download, or an ImageFolder root) and a small ViT; ~an hour on a CPU.
+* ``cifar10-cpu`` -- CIFAR-10 (torchvision download, or an ImageFolder root) and a small ViT; ~40 min on 2 cores.
 * ``paper``  -- the author's protocol for a GPU: torchvision ViT-B/32 (ImageNet weights) on CIFAR-100.
 """
 

@@ -25,6 +25,7 @@ from .teacher import load_teacher
 
 log = logging.getLogger(__name__)
 
+
 @functools.lru_cache(maxsize=2)
 def _data(config_json: str) -> ImageData:
     """The dataset of a config, loaded once per worker process."""

@@ -109,6 +109,7 @@ def summary_text(study: Study, result: EffectiveRankResult) -> str:
 
 def summary(study: Study, result: EffectiveRankResult, reference: str | float) -> dict:
     """The JSON-ready record of a study's result (``summary.json``)."""
+    fitted = result.to_dict()
     return {
         "preset": study.config.preset,
         "estimator": {"init": study.config.init, "loss": study.config.loss,
@@ -116,10 +117,10 @@ def summary(study: Study, result: EffectiveRankResult, reference: str | float) -
         "teacher_accuracy": study.teacher_accuracy,
         "reference": {"kind": reference if isinstance(reference, str) else "value", "accuracy": result.reference},
         "band": list(result.band),
-        "region_low": result.to_dict()["region_low"],
-        "region_high": result.to_dict()["region_high"],
+        "region_low": fitted["region_low"],
+        "region_high": fitted["region_high"],
         "knee": result.knee,
-        "intervals": result.to_dict()["intervals"],
+        "intervals": fitted["intervals"],
         "facts": region_facts(study, result),
         "failed_students": len(study.failed),
         "table": study.table.replace({np.nan: None}).to_dict(orient="records"),

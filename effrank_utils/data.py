@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import StudyConfig
+from .config import DATASETS, StudyConfig
 from .storage import atomic_write
 
 log = logging.getLogger(__name__)
@@ -53,9 +53,11 @@ class ImageData:
         return int(self.train_images.shape[-1])
 
     def channel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """Per-channel mean and std of the training split, in [0, 1] units."""
-        x = self.train_images.float().div_(255)
-        return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).tolist())
+        """Per-channel mean and std of the training split, in [0, 1] units (computed once)."""
+        if "_stats" not in self.__dict__:  # frozen dataclass: memoize without __setattr__
+            x = self.train_images.float().div_(255)
+            self.__dict__["_stats"] = (tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).tolist()))
+        return self.__dict__["_stats"]
 
     def to(self, device: torch.device | str) -> "ImageData":
         """A copy on ``device`` (through pinned memory when it is a GPU); the same object if already there."""
@@ -66,8 +68,11 @@ class ImageData:
         def move(t: torch.Tensor) -> torch.Tensor:
             return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
 
-        return ImageData(self.name, move(self.train_images), move(self.train_labels), move(self.test_images),
-                         move(self.test_labels), self.num_classes)
+        moved = ImageData(self.name, move(self.train_images), move(self.train_labels), move(self.test_images),
+                          move(self.test_labels), self.num_classes)
+        if "_stats" in self.__dict__:
+            moved.__dict__["_stats"] = self.__dict__["_stats"]
+        return moved
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -169,7 +174,7 @@ def load_data(dataset: str, *, root: str | Path | None = None, download: bool = 
             raise ValueError("data_root: the imagefolder dataset needs a root folder")
         parts = _imagefolder(Path(root).expanduser(), image_size)
     else:
-        raise ValueError(f"dataset: unknown dataset {dataset!r}; allowed: digits, cifar10, cifar100, imagefolder")
+        raise ValueError(f"dataset: unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
     x_tr, y_tr, x_te, y_te, num_classes = parts
     if train_subset is not None:
         keep = stratified_subset(np.asarray(y_tr), train_subset, seed)

@@ -10,11 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import LOSSES
 from .data import Batch
 from .factorize import block_attention, transformer_blocks
 from .teacher_cache import TeacherLogitCache
-
-LOSSES = ("geometric", "kd", "logits")
 
 
 @contextlib.contextmanager

@@ -197,6 +197,11 @@ def target_layers(model: nn.Module, targets: str | Iterable[str] = "all") -> lis
 
 
 # --------------------------------------------------------------------------------------------- factorize
+def max_rank(layers: Sequence[TargetLayer]) -> int:
+    """The largest rank every targeted layer admits: the smallest ``min(in, out)`` among them."""
+    return min(min(layer.in_features, layer.out_features) for layer in layers)
+
+
 def _validate(model: nn.Module, rank: object, init: str, layers: Sequence[TargetLayer]) -> int:
     if init not in INITS:
         raise ValueError(f"init: unknown initialization {init!r}; allowed: {', '.join(INITS)}")
@@ -206,7 +211,7 @@ def _validate(model: nn.Module, rank: object, init: str, layers: Sequence[Target
         raise ValueError(f"model: no targeted linear layers found in {type(model).__name__}; factorization "
                          "understands timm ViT blocks (attn.qkv/attn.proj/mlp.fc1/mlp.fc2) and torchvision "
                          "EncoderBlocks")
-    limit = min(min(layer.in_features, layer.out_features) for layer in layers)
+    limit = max_rank(layers)
     if rank > limit:
         raise ValueError(f"rank: {rank} exceeds min(in, out) = {limit} of a targeted layer; allowed: 1..{limit}")
     return rank

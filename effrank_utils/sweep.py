@@ -36,7 +36,7 @@ from .config import STUDENT_FIELDS, TEACHER_FIELDS, StudyConfig, config_from_jso
 from .data import ImageData, load_data_for, pipeline_for
 from .distill import DistillationLoss
 from .executors import make_executor, threads_per_task, train_group
-from .factorize import count_parameters, factorize, target_layers
+from .factorize import count_parameters, factorize, max_rank, target_layers
 from .models import build_model, resolve_device
 from .presets import PRESETS, load_preset, parse_assignment
 from .refine import next_ranks
@@ -179,7 +179,7 @@ def validate_ranks(config: StudyConfig, teacher: torch.nn.Module, ranks: Iterabl
     layers = target_layers(teacher, config.targets)
     if not layers:
         raise ValueError(f"targets: no {list(config.targets)} layers in the {config.model} teacher")
-    limit = min(min(layer.in_features, layer.out_features) for layer in layers)
+    limit = max_rank(layers)
     bad = [r for r in ranks if r > limit]
     if bad:
         raise ValueError(f"ranks: {bad} exceed the smallest targeted layer dimension; allowed: 1..{limit}")
@@ -218,7 +218,7 @@ def record_worker_failure(run_dir: Path, tasks: Sequence[Task], reason: str) -> 
 def run_group(config: StudyConfig, run_dir: Path, teacher: Teacher, data: ImageData, group: list[Task],
               blocking: bool) -> tuple[list[dict], list[Task]]:
     """Train the tasks of ``group`` that no other process holds and that are not finished. Returns the rows of
-    the group's finished tasks and the tasks held elsewhere (to be waited for)."""
+    the group's finished tasks that were not held elsewhere, and those held elsewhere (to be waited for)."""
     task_dir = run_dir / TASK_DIR
     with contextlib.ExitStack() as stack:
         mine, elsewhere = [], []
@@ -238,7 +238,8 @@ def run_group(config: StudyConfig, run_dir: Path, teacher: Teacher, data: ImageD
             write_sweep_csv(run_dir)
             state.unlink(missing_ok=True)
             fault_point("between_tasks")
-    rows = [read_json(_result_path(run_dir, t)) for t in group if _result_path(run_dir, t).exists()]
+    rows = [read_json(_result_path(run_dir, t)) for t in group
+            if t not in elsewhere and _result_path(run_dir, t).exists()]
     return rows, elsewhere
 
 
@@ -273,7 +274,7 @@ def _run_here(config: StudyConfig, run_dir: Path, teacher: Teacher, data: ImageD
         rows, held = run_group(config, run_dir, teacher, data, group, blocking=False)
         waiting += held
         bar.update(len(group) - len(held))
-        _announce([r for r in rows if (r["rank"], r["seed"]) not in {(t.rank, t.seed) for t in held}])
+        _announce(rows)
         if on_rows is not None and len(held) < len(group):
             on_rows(read_sweep(run_dir))
     for group in _groups(waiting, config.fuse):

@@ -64,11 +64,6 @@ def history_csv(history: list[dict]) -> str:
     return out.getvalue()
 
 
-def teacher_identity(config: StudyConfig) -> dict:
-    """The config fields that determine the teacher."""
-    return {name: getattr(config, name) for name in TEACHER_FIELDS}
-
-
 def load_teacher(config: StudyConfig, run_dir: str | Path, data: ImageData) -> Teacher:
     """Rebuild the teacher from ``run_dir/teacher.pt``; refuse a checkpoint made from another config."""
     path = Path(run_dir) / TEACHER_FILE

@@ -24,10 +24,10 @@ test: install
 	$(BIN)/python -m pytest -q
 
 reproduce: install
-	$(BIN)/python -m effrank_utils.reproduce --preset $(PRESET) --results $(RESULTS) $(ARGS)
+	$(BIN)/effrank reproduce --preset "$(PRESET)" --results "$(RESULTS)" $(ARGS)
 
 lab: install
-	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
+	$(BIN)/effrank lab
 
 bench: install
 	$(BIN)/python bench/bench.py $(ARGS)

@@ -32,9 +32,9 @@ from effrank_utils.factorize import factorize
 from effrank_utils.models import build_model, resolve_device
 from effrank_utils.presets import load_preset
 from effrank_utils.refine import tolerance
-from effrank_utils.sweep import run_sweep, student_recipe
+from effrank_utils.sweep import run_sweep
 from effrank_utils.teacher import CrossEntropy, train_teacher
-from effrank_utils.training import Recipe, fit, make_optimizer
+from effrank_utils.training import Recipe, fit, make_optimizer, recipe_for
 
 warnings.filterwarnings("ignore", message=".*break-even.*")
 
@@ -101,7 +101,7 @@ def fused_vs_sequential(device: torch.device, k: int, batches: int, batch: int) 
     teacher = build_model(cfg, num_classes=10, in_chans=3).to(device).eval()
     ranks = [2, 4, 8, 12, 16, 24, 32, 48][:k]
     loss = DistillationLoss(teacher, "kd")
-    recipe = student_recipe(cfg)
+    recipe = recipe_for(cfg, "student")
     fit([factorize(teacher, ranks[0])], loss, pipeline, recipe, seed=0)  # warm-up
     fused_s, _ = timed(lambda: fit([factorize(teacher, r) for r in ranks], loss, pipeline, recipe, seed=0))
     seq_s, _ = timed(lambda: [fit([factorize(teacher, r)], loss, pipeline, recipe, seed=0) for r in ranks])

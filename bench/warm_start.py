@@ -28,9 +28,8 @@ from effrank_utils.distill import DistillationLoss
 from effrank_utils.factorize import factorize
 from effrank_utils.models import resolve_device
 from effrank_utils.presets import load_preset, parse_assignment
-from effrank_utils.sweep import student_recipe
 from effrank_utils.teacher import train_teacher
-from effrank_utils.training import fit
+from effrank_utils.training import fit, recipe_for
 
 warnings.filterwarnings("ignore", message=".*break-even.*")
 
@@ -40,7 +39,7 @@ def distill_histories(config, teacher, data, ranks, init, epochs) -> dict[int, l
     device = resolve_device(config.device)
     pipeline = pipeline_for(config, data.to(device), config.student_batch_size)
     students = [factorize(teacher, r, init=init, targets=config.targets, seed=r).to(device) for r in ranks]
-    recipe = student_recipe(config.replace(student_epochs=epochs))
+    recipe = recipe_for(config.replace(student_epochs=epochs), "student")
     results = fit(students, DistillationLoss(teacher, config.loss, config.kd_temperature, config.kd_alpha),
                   pipeline, recipe, seed=0, amp=config.amp, desc=f"{init} students")
     return {r: [h["test_accuracy"] for h in res.history] for r, res in zip(ranks, results)}

@@ -11,13 +11,11 @@ import numpy as np
 import pandas as pd
 
 from .config import StudyConfig
-from .curves import EffectiveRankResult, effective_rank, sensitivity_table, validate_band
+from .curves import EffectiveRankResult, effective_rank, sensitivity_table
+from .run_folder import SUMMARY_JSON, TEACHER_JSON, load_run_config, read_sweep
 from .storage import read_json, write_json
-from .sweep import load_run_config, read_sweep
 
 log = logging.getLogger(__name__)
-
-SUMMARY_JSON = "summary.json"
 
 
 @dataclass(frozen=True)
@@ -50,9 +48,9 @@ class Study:
 def load_study(run_dir: str | Path) -> Study:
     """Read a run directory; failed rows are separated out and counted (and logged)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "teacher.json").exists():
+    if not (run_dir / TEACHER_JSON).exists():
         raise FileNotFoundError(f"run_dir: {run_dir} has no teacher yet; run the teacher notebook first")
-    teacher = read_json(run_dir / "teacher.json")
+    teacher = read_json(run_dir / TEACHER_JSON)
     if teacher.get("status") != "done":
         raise FileNotFoundError(f"run_dir: the teacher in {run_dir} has not finished training")
     table = read_sweep(run_dir)
@@ -78,7 +76,7 @@ def analyze(study: Study, band: Sequence[float] = (0.85, 0.95), reference: str |
 
     This is what the interactive panel calls on every change.
     """
-    return effective_rank(study.ranks, study.accuracy, reference_value(study, reference), validate_band(band),
+    return effective_rank(study.ranks, study.accuracy, reference_value(study, reference), band,
                           n_bootstrap=n_bootstrap)
 
 

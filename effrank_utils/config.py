@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
 from .curves import REFERENCE_CHOICES, validate_band
-from .factorize import INITS, resolve_targets
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
-LOSSES = ("geometric", "kd", "logits")
-SCHEDULES = ("cosine", "constant")
 NORMALIZATIONS = ("dataset", "imagenet")
 DEVICES = ("auto", "cpu", "cuda")
 SWEEP_MODES = ("grid", "adaptive")
-EXECUTORS = ("local", "ray", "processes")
-SMALL_VIT = "small_vit"
-TORCHVISION_VIT = "vit_b_32"
+CUSTOM_PRESET = "custom"
 
 
 @dataclass(frozen=True)
@@ -37,7 +29,7 @@ class StudyConfig:
     hflip: bool = False
     normalization: str = "dataset"     # per-channel stats of the training split, or ImageNet's
     # model
-    model: str = SMALL_VIT             # small_vit, vit_b_32 (torchvision) or any timm model name
+    model: str = "small_vit"            # small_vit, vit_b_32 (torchvision) or any timm model name
     pretrained: bool = False
     image_size: int = 8                # model input size; batches are resized to it when it differs
     patch_size: int = 2                # small_vit only, as are the next four
@@ -98,6 +90,7 @@ TEACHER_FIELDS = ("dataset", "train_subset", "crop_padding", "hflip", "normaliza
                   "teacher_schedule", "seed")
 STUDENT_FIELDS = ("init", "loss", "kd_temperature", "kd_alpha", "targets", "student_epochs", "student_lr",
                   "student_weight_decay", "student_batch_size", "student_warmup_epochs", "student_schedule")
+STUDY_FIELDS = TEACHER_FIELDS + STUDENT_FIELDS  # what a study's results depend on (with the data's content)
 
 
 def _positive_int(name: str, value: Any, allow_zero: bool = False) -> int:
@@ -135,20 +128,28 @@ def _int_list(name: str, value: Any, allow_zero: bool = False) -> tuple[int, ...
     return tuple(sorted(out))
 
 
+def _registries() -> dict[str, tuple[str, ...]]:
+    """The names each extension point accepts, from the modules that implement them (imported on first use, so
+    that reading a config does not load the training side)."""
+    from .data import DATASETS
+    from .distill import LOSSES
+    from .executors import EXECUTORS
+    from .factorize import INITS
+    from .presets import PRESETS
+    from .training import SCHEDULES
+    return {"dataset": tuple(DATASETS), "loss": tuple(LOSSES), "executor": tuple(EXECUTORS), "init": tuple(INITS),
+            "preset": (*PRESETS, CUSTOM_PRESET), "teacher_schedule": tuple(SCHEDULES),
+            "student_schedule": tuple(SCHEDULES), "normalization": NORMALIZATIONS, "device": DEVICES,
+            "sweep_mode": SWEEP_MODES}
+
+
 def _validate_fields(values: dict) -> dict:
     """Check each field on its own; returns normalized values (tuples, floats)."""
     v = dict(values)
-    _choice("dataset", v["dataset"], DATASETS)
-    _choice("normalization", v["normalization"], NORMALIZATIONS)
-    _choice("device", v["device"], DEVICES)
-    _choice("init", v["init"], INITS)
-    _choice("loss", v["loss"], LOSSES)
-    _choice("sweep_mode", v["sweep_mode"], SWEEP_MODES)
-    _choice("executor", v["executor"], EXECUTORS)
+    for name, allowed in _registries().items():
+        _choice(name, v[name], allowed)
     if v["workers"] is not None:
         v["workers"] = _positive_int("workers", v["workers"])
-    for name in ("teacher_schedule", "student_schedule"):
-        _choice(name, v[name], SCHEDULES)
     if not isinstance(v["model"], str) or not v["model"]:
         raise ValueError(f"model: expected a model name, got {v['model']!r}")
     for name in ("image_size", "patch_size", "embed_dim", "depth", "num_heads", "teacher_epochs",
@@ -170,7 +171,10 @@ def _validate_fields(values: dict) -> dict:
         if not isinstance(v[name], bool):
             raise ValueError(f"{name}: must be true or false, got {v[name]!r}")
     v["ranks"] = _int_list("ranks", v["ranks"])
+    if len(v["ranks"]) < 2:
+        raise ValueError(f"ranks: at least 2 ranks are needed for a curve, got {list(v['ranks'])}")
     v["seeds"] = _int_list("seeds", v["seeds"], allow_zero=True)
+    from .factorize import resolve_targets
     targets = [v["targets"]] if isinstance(v["targets"], str) else list(v["targets"])
     resolve_targets(targets)
     v["targets"] = tuple(targets)
@@ -184,57 +188,63 @@ def _validate_fields(values: dict) -> dict:
     return v
 
 
-def _validate_combination(v: dict) -> None:
-    """Checks that involve several fields (still nothing heavy: no data or weights are loaded)."""
-    if v["model"] == SMALL_VIT:
-        if v["image_size"] % v["patch_size"]:
-            raise ValueError(f"patch_size: {v['patch_size']} does not divide image_size {v['image_size']}")
-        if v["embed_dim"] % v["num_heads"]:
-            raise ValueError(f"num_heads: {v['num_heads']} does not divide embed_dim {v['embed_dim']}")
-        limit = v["embed_dim"]  # every targeted map of a small ViT has min(in, out) = embed_dim
-        if max(v["ranks"]) > limit:
-            raise ValueError(f"ranks: {max(v['ranks'])} exceeds the layer dimension; allowed: 1..{limit} "
-                             f"(embed_dim={limit})")
-    if v["model"] == TORCHVISION_VIT:
-        if v["image_size"] != 224:
-            raise ValueError(f"image_size: vit_b_32 takes 224-pixel input, got {v['image_size']}")
-        if max(v["ranks"]) > 768:
-            raise ValueError(f"ranks: {max(v['ranks'])} exceeds the layer dimension; allowed: 1..768")
-    if v["cache_teacher"] and v["loss"] == "geometric":
-        raise ValueError("cache_teacher: the teacher cache holds logits only; the geometric loss needs block "
+def _validate_combination(config: StudyConfig) -> None:
+    """Checks that involve several fields (nothing is loaded or built)."""
+    from .distill import LOSSES
+    if config.cache_teacher and LOSSES[config.loss].needs_block_outputs:
+        raise ValueError(f"cache_teacher: the teacher cache holds logits only; the {config.loss} loss needs block "
                          "outputs (use loss kd or logits, or cache_teacher=False)")
-    if v["pretrained"] and v["normalization"] != "imagenet":
+    if config.pretrained and config.normalization != "imagenet":
         raise ValueError("normalization: pretrained weights expect 'imagenet' normalization, got "
-                         f"{v['normalization']!r}")
-    if v["dataset"] == "imagefolder" and not v["data_root"]:
-        raise ValueError("data_root: the imagefolder dataset needs a folder holding train/ and test/ (or val/)")
-    if v["dataset"] == "imagefolder":
-        root = Path(os.path.expanduser(v["data_root"]))
-        if not root.is_dir():
-            raise ValueError(f"data_root: {str(root)!r} does not exist")
-        if not (root / "train").is_dir() or not ((root / "test").is_dir() or (root / "val").is_dir()):
-            raise ValueError(f"data_root: {str(root)!r} must hold train/ and test/ (or val/) class folders")
-    if v["device"] == "cuda":
+                         f"{config.normalization!r}")
+
+
+def check_runnable(config: StudyConfig) -> None:
+    """Checks against this machine and the architecture, before any compute: the data source, the device, the
+    model (built on the meta device, no weights) and the ranks against its layer widths."""
+    from .data import check_source
+    from .models import check_model, rank_limit
+    classes, channels = check_source(config.dataset, config.data_root, config.download)
+    if config.train_subset is not None and classes is not None and config.train_subset < classes:
+        raise ValueError(f"train_subset: {config.train_subset} is smaller than the number of classes ({classes}); "
+                         "a class-balanced subset needs at least one image per class")
+    if config.device == "cuda":
         import torch
         if not torch.cuda.is_available():
             raise ValueError("device: 'cuda' was asked for but no CUDA device is available; use 'auto' or 'cpu'")
+    check_model(config, channels)
+    limit = rank_limit(config, channels)
+    bad = [r for r in config.ranks if r > limit]
+    if len(bad) == 1:
+        raise ValueError(f"ranks: {bad[0]} exceeds the layer dimension; allowed: 1..{limit} (the smallest "
+                         f"targeted layer of {config.model})")
+    if bad:
+        raise ValueError(f"ranks: {bad} exceed the layer dimension; allowed: 1..{limit} (the smallest targeted "
+                         f"layer of {config.model})")
 
 
-def make_config(values: dict) -> StudyConfig:
-    """Build a validated :class:`StudyConfig` from a dict; unknown keys are refused by name."""
+def make_config(values: dict, check_environment: bool = True) -> StudyConfig:
+    """Build a validated :class:`StudyConfig` from a dict; unknown keys are refused by name.
+
+    ``check_environment`` also runs :func:`check_runnable` (data source, device, architecture and ranks);
+    reading back a saved config skips it, since a finished study can be analyzed anywhere.
+    """
     unknown = sorted(set(values) - set(FIELD_NAMES))
     if unknown:
         raise ValueError(f"unknown config field(s) {', '.join(map(repr, unknown))}; known fields: "
                          + ", ".join(FIELD_NAMES))
     merged = {f.name: f.default for f in fields(StudyConfig)} | dict(values)
-    normalized = _validate_fields(merged)
-    _validate_combination(normalized)
-    return StudyConfig(**normalized)
+    config = StudyConfig(**_validate_fields(merged))
+    _validate_combination(config)
+    if check_environment:
+        check_runnable(config)
+    return config
 
 
 def config_from_json(data: dict) -> StudyConfig:
-    """Rebuild a config saved with :meth:`StudyConfig.to_dict` (lists become tuples again)."""
-    return make_config(data)
+    """Rebuild a config saved with :meth:`StudyConfig.to_dict` (lists become tuples again; fields are
+    validated, the machine and data source are not)."""
+    return make_config(data, check_environment=False)
 
 
 def diff(saved: dict, current: dict, names: tuple[str, ...]) -> dict[str, tuple[Any, Any]]:

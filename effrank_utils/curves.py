@@ -186,14 +186,25 @@ def knee(curve: PchipInterpolator, r0: float, r1: float, resolution: float = KNE
     return float(refined.x if -refined.fun >= gap(grid[best]) else grid[best])
 
 
-def _fit(ranks: np.ndarray, groups: list[np.ndarray], reference: float, band: tuple[float, float]
-         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, PchipInterpolator, LevelCrossing, LevelCrossing, float]:
+@dataclass(frozen=True)
+class _Fit:
+    """One fit of the curve: per-rank means, normalized and monotone points, the interpolant and its answers."""
+
+    mean: np.ndarray
+    normalized: np.ndarray
+    monotone: np.ndarray
+    curve: PchipInterpolator
+    low: LevelCrossing
+    high: LevelCrossing
+    knee: float
+
+
+def _fit(ranks: np.ndarray, groups: list[np.ndarray], reference: float, band: tuple[float, float]) -> _Fit:
     mean = np.array([g.mean() for g in groups])
     normalized = mean / reference
     monotone, curve = fit_curve(ranks, normalized, weights=np.array([g.size for g in groups], dtype=float))
-    low = crossing(curve, ranks, monotone, band[0])
-    high = crossing(curve, ranks, monotone, band[1])
-    return mean, normalized, monotone, curve, low, high, knee(curve, float(ranks[0]), float(ranks[-1]))
+    return _Fit(mean, normalized, monotone, curve, crossing(curve, ranks, monotone, band[0]),
+                crossing(curve, ranks, monotone, band[1]), knee(curve, float(ranks[0]), float(ranks[-1])))
 
 
 def effective_rank(ranks: Iterable[float], accuracy: Iterable[float], reference: float | str,
@@ -208,12 +219,12 @@ def effective_rank(ranks: Iterable[float], accuracy: Iterable[float], reference:
     lo_hi = validate_band(band)
     distinct, groups = group_by_rank(ranks, accuracy)
     ref = resolve_reference(reference, np.array([g.mean() for g in groups]), teacher_accuracy)
-    mean, normalized, monotone, curve, low, high, knee_rank = _fit(distinct, groups, ref, lo_hi)
+    fit = _fit(distinct, groups, ref, lo_hi)
     intervals = None
     if n_bootstrap > 0 and max(g.size for g in groups) > 1:
         intervals = _bootstrap(distinct, groups, reference, teacher_accuracy, lo_hi, n_bootstrap, seed)
-    return EffectiveRankResult(distinct, mean, normalized, monotone, ref, lo_hi, low, high, knee_rank, curve,
-                               intervals)
+    return EffectiveRankResult(distinct, fit.mean, fit.normalized, fit.monotone, ref, lo_hi, fit.low, fit.high,
+                               fit.knee, fit.curve, intervals)
 
 
 def _bootstrap(ranks: np.ndarray, groups: list[np.ndarray], reference: float | str, teacher: float | None,
@@ -224,8 +235,8 @@ def _bootstrap(ranks: np.ndarray, groups: list[np.ndarray], reference: float | s
     for _ in range(n):
         sample = [rng.choice(g, size=g.size, replace=True) for g in groups]
         ref = resolve_reference(reference, np.array([g.mean() for g in sample]), teacher)
-        *_, low, high, knee_rank = _fit(ranks, sample, ref, band)
-        for name, value in (("region_low", low.rank), ("region_high", high.rank), ("knee", knee_rank)):
+        fit = _fit(ranks, sample, ref, band)
+        for name, value in (("region_low", fit.low.rank), ("region_high", fit.high.rank), ("knee", fit.knee)):
             if value is not None:
                 draws[name].append(value)
     return {name: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5)))

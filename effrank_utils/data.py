@@ -6,20 +6,24 @@ Small images are decoded once; every epoch's order, crops and flips are drawn fr
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import DATASETS, StudyConfig
 from .storage import atomic_write
+
+if TYPE_CHECKING:
+    from .config import StudyConfig
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +31,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CACHE_ENV = "EFFRANK_CACHE"
 DIGITS_TEST_FRACTION = 0.2
+_MEMOS = ("_stats", "_fingerprint")  # per-object results that stay valid for a copy on another device
 
 
 class DatasetNotAvailable(FileNotFoundError):
     """The dataset's files are not where they are expected (and could not be downloaded)."""
+
+
+class CorruptImage(ValueError):
+    """An image file in the dataset's folder cannot be decoded."""
 
 
 @dataclass(frozen=True)
@@ -52,12 +61,31 @@ class ImageData:
     def image_size(self) -> int:
         return int(self.train_images.shape[-1])
 
+    def _memo(self, key: str, compute: Callable[[], Any]) -> Any:
+        if key not in self.__dict__:  # frozen dataclass: memoize without __setattr__
+            self.__dict__[key] = compute()
+        return self.__dict__[key]
+
     def channel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Per-channel mean and std of the training split, in [0, 1] units (computed once)."""
-        if "_stats" not in self.__dict__:  # frozen dataclass: memoize without __setattr__
+        def compute() -> tuple[tuple[float, ...], tuple[float, ...]]:
             x = self.train_images.float().div_(255)
-            self.__dict__["_stats"] = (tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).tolist()))
-        return self.__dict__["_stats"]
+            return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).tolist())
+        return self._memo("_stats", compute)
+
+    def fingerprint(self) -> str:
+        """A hex digest of the content (both splits' images and labels, and ``num_classes``), computed once.
+
+        The name and the folder the data came from do not enter it: the same pixels and labels give the same
+        fingerprint wherever they were loaded from."""
+        def compute() -> str:
+            h = hashlib.sha256(f"num_classes={self.num_classes}".encode())
+            for field in ("train_images", "train_labels", "test_images", "test_labels"):
+                array = np.ascontiguousarray(getattr(self, field).detach().cpu().numpy())
+                h.update(f"|{field}:{array.dtype}:{array.shape}|".encode())
+                h.update(array)
+            return h.hexdigest()[:20]
+        return self._memo("_fingerprint", compute)
 
     def to(self, device: torch.device | str) -> "ImageData":
         """A copy on ``device`` (through pinned memory when it is a GPU); the same object if already there."""
@@ -70,12 +98,35 @@ class ImageData:
 
         moved = ImageData(self.name, move(self.train_images), move(self.train_labels), move(self.test_images),
                           move(self.test_labels), self.num_classes)
-        if "_stats" in self.__dict__:
-            moved.__dict__["_stats"] = self.__dict__["_stats"]
+        moved.__dict__.update({k: v for k, v in self.__dict__.items() if k in _MEMOS})
         return moved
 
 
 # ------------------------------------------------------------------------------------------------ loading
+class SplitArrays(NamedTuple):
+    """What a loader returns: both splits as numpy arrays (uint8 images ``N x C x H x W``, integer labels)."""
+
+    x_tr: np.ndarray
+    y_tr: np.ndarray
+    x_te: np.ndarray
+    y_te: np.ndarray
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """The options :func:`load_data` passes to every loader (each reads the ones it needs)."""
+
+    root: Path | None
+    download: bool = False
+    seed: int = 0
+    image_size: int | None = None
+
+    @classmethod
+    def of(cls, root: str | Path | None, **options: Any) -> "LoadRequest":
+        return cls(Path(root).expanduser() if root is not None else None, **options)
+
+
 def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     """Indices of a class-balanced subset of ``size`` samples (sorted), reproducible for a seed."""
     if size >= labels.size:
@@ -85,79 +136,218 @@ def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     return np.sort(keep)
 
 
-def _digits(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+def _digits(request: LoadRequest) -> SplitArrays:
+    """scikit-learn's 8x8 digits (bundled, offline), split into train and test by ``seed``."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
     bunch = load_digits()
     images = np.clip(bunch.images * 16, 0, 255).astype(np.uint8)[:, None]  # 0..16 -> 0..255, 1 channel
     x_tr, x_te, y_tr, y_te = train_test_split(images, bunch.target, test_size=DIGITS_TEST_FRACTION,
-                                              stratify=bunch.target, random_state=seed)
-    return x_tr, y_tr, x_te, y_te, 10
+                                              stratify=bunch.target, random_state=request.seed)
+    return SplitArrays(x_tr, y_tr, x_te, y_te, 10)
 
 
-def _cifar(name: str, root: Path, download: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+def _cifar_source(name: str, request: LoadRequest) -> tuple[Any, Path]:
+    """torchvision's dataset class for ``name`` and the root folder its files are read from."""
     from torchvision import datasets
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-    folder = cls.base_folder
+    return cls, request.root or _cache_dir() / "torchvision"
+
+
+def _cifar_missing(name: str, root: Path, folder: str, reason: object) -> DatasetNotAvailable:
+    return DatasetNotAvailable(
+        f"data_root: {name} files were not found under {root / folder} and could not be downloaded "
+        f"({reason}). Run once with download=True on a machine with internet access, or copy the extracted "
+        f"'{folder}' folder (from the official {name.upper()} python release) into {root}.")
+
+
+def _check_cifar(name: str, request: LoadRequest) -> None:
+    """Without ``download``, the extracted files must be there (their checksums are left to loading)."""
+    cls, root = _cifar_source(name, request)
+    if not request.download and not (root / cls.base_folder).is_dir():
+        raise _cifar_missing(name, root, cls.base_folder, "download is off")
+
+
+def _cifar(name: str, request: LoadRequest) -> SplitArrays:
+    """torchvision's CIFAR-10 or CIFAR-100 files under ``root`` (downloaded there if asked)."""
+    cls, root = _cifar_source(name, request)
     try:
-        train = cls(str(root), train=True, download=download)
-        test = cls(str(root), train=False, download=download)
+        train = cls(str(root), train=True, download=request.download)
+        test = cls(str(root), train=False, download=request.download)
     except (RuntimeError, OSError) as exc:  # torchvision: "Dataset not found or corrupted"; offline: URLError
-        raise DatasetNotAvailable(
-            f"data_root: {name} files were not found under {root / folder} and could not be downloaded "
-            f"({exc}). Run once with download=True on a machine with internet access, or copy the extracted "
-            f"'{folder}' folder (from the official {name.upper()} python release) into {root}."
-        ) from None
+        raise _cifar_missing(name, root, cls.base_folder, exc) from None
     to_nchw = lambda a: np.ascontiguousarray(a.transpose(0, 3, 1, 2))  # noqa: E731
-    return (to_nchw(train.data), np.asarray(train.targets), to_nchw(test.data), np.asarray(test.targets),
-            len(train.classes))
+    return SplitArrays(to_nchw(train.data), np.asarray(train.targets), to_nchw(test.data),
+                       np.asarray(test.targets), len(train.classes))
 
 
-def _decode_folder(folder: Path, size: int | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from torchvision import datasets
+def _class_folders(split_dir: Path) -> list[str]:
+    """The class folder names of one split, sorted (the order of torchvision's ImageFolder labels)."""
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+
+
+def _count_class_folders(root: Path) -> int | None:
+    """The number of class folders under ``root/train``; None when there is no such folder."""
+    return len(_class_folders(root / "train")) if (root / "train").is_dir() else None
+
+
+def _folder_layout(request: LoadRequest) -> tuple[Path, Path, list[str]]:
+    """``root/train``, ``root/test`` (or ``root/val``) and their class names, checked to be the same and
+    at least two (with a single class every student would score 1.0)."""
+    root = request.root
+    if root is None:
+        raise ValueError("data_root: the imagefolder dataset needs a folder holding train/ and test/ (or val/)")
+    if not root.is_dir():
+        raise DatasetNotAvailable(f"data_root: {root} does not exist")
+    train_dir = root / "train"
+    test_dir = root / "test" if (root / "test").is_dir() else root / "val"
+    if not train_dir.is_dir() or not test_dir.is_dir():
+        raise DatasetNotAvailable(f"data_root: {root} must hold train/ and test/ (or val/) class folders")
+    classes = _class_folders(train_dir)
+    if len(classes) < 2:
+        raise ValueError(f"data_root: {train_dir} holds {len(classes)} class folder(s) {classes}; at least 2 "
+                         "class folders are needed (one folder of images per class)")
+    if _class_folders(test_dir) != classes:
+        raise ValueError(f"data_root: train and {test_dir.name} class folders differ under {root}")
+    return train_dir, test_dir, classes
+
+
+def _image_files(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
+    """``(path, label)`` of every image in a split, in torchvision's ImageFolder order."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+    try:
+        samples = make_dataset(split_dir, {c: i for i, c in enumerate(classes)}, extensions=IMG_EXTENSIONS)
+    except FileNotFoundError as exc:  # a class folder without images
+        raise DatasetNotAvailable(f"data_root: under {split_dir}: {exc}") from None
+    return [(Path(path), label) for path, label in samples]
+
+
+def _read_image(path: Path, size: int | None) -> np.ndarray:
+    """One image as a ``3 x H x W`` uint8 array, resized to ``size`` if given."""
+    from PIL import Image
+    try:
+        with Image.open(path) as opened:
+            img = opened.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL: unidentified, truncated or malformed data
+        raise CorruptImage(f"data_root: cannot decode the image {path} ({type(exc).__name__}: {exc}); "
+                           "remove or replace this file") from None
+    if size is not None and img.size != (size, size):
+        img = img.resize((size, size))
+    return np.asarray(img).transpose(2, 0, 1)
+
+
+def _decode(split_dir: Path, samples: list[tuple[Path, int]], size: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of one split's ``samples``, all of one size."""
     from tqdm.auto import tqdm
-    tree = datasets.ImageFolder(str(folder))
-    if not tree.samples:
-        raise DatasetNotAvailable(f"data_root: no images found under {folder}")
-    images, labels = [], []
-    for path, label in tqdm(tree.samples, desc=f"decoding {folder.name}", leave=False):
-        img = tree.loader(path).convert("RGB")
-        if size is not None and img.size != (size, size):
-            img = img.resize((size, size))
-        images.append(np.asarray(img).transpose(2, 0, 1))
-        labels.append(label)
+    images = [_read_image(path, size) for path, _ in tqdm(samples, desc=f"decoding {split_dir.name}", leave=False)]
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
-        raise ValueError(f"data_root: images under {folder} differ in size ({sorted(shapes)[:3]}...); "
+        raise ValueError(f"data_root: images under {split_dir} differ in size ({sorted(shapes)[:3]}...); "
                          "set image_size so that they are resized on loading")
-    return np.stack(images), np.asarray(labels), tree.classes
+    return np.stack(images), np.asarray([label for _, label in samples], dtype=np.int64)
 
 
 def _cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "effrank"))
 
 
-def _imagefolder(root: Path, size: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """Decode ``root/train`` and ``root/test`` (or ``val``) once; the result is cached as ``.npz``."""
-    test_dir = root / "test" if (root / "test").is_dir() else root / "val"
-    if not (root / "train").is_dir() or not test_dir.is_dir():
-        raise DatasetNotAvailable(f"data_root: {root} must hold train/ and test/ (or val/) class folders")
-    key = hashlib.sha256(f"{root.resolve()}|{size}|{(root / 'train').stat().st_mtime_ns}|"
-                         f"{test_dir.stat().st_mtime_ns}".encode()).hexdigest()[:16]
-    cache = _cache_dir() / f"imagefolder-{key}.npz"
-    if cache.exists():
-        with np.load(cache) as z:
-            return z["x_tr"], z["y_tr"], z["x_te"], z["y_te"], int(z["num_classes"])
-    x_tr, y_tr, classes = _decode_folder(root / "train", size)
-    x_te, y_te, test_classes = _decode_folder(test_dir, size)
-    if classes != test_classes:
-        raise ValueError(f"data_root: train and {test_dir.name} class folders differ under {root}")
+def _tree_key(root: Path, size: int | None, files: list[Path]) -> str:
+    """A key that changes when any image is added, removed, renamed or rewritten, or another size is asked."""
+    h = hashlib.sha256(f"{root.resolve()}|{size}".encode())
+    for path in files:
+        st = path.stat()
+        h.update(f"|{path.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:20]
+
+
+def _read_cache(cache: Path) -> SplitArrays | None:
+    """The arrays cached in ``cache``; None when there is no cache or it is damaged (then with a warning)."""
+    if not cache.exists():
+        return None
     try:
-        atomic_write(cache, lambda f: np.savez(f, x_tr=x_tr, y_tr=y_tr, x_te=x_te, y_te=y_te,
-                                                num_classes=len(classes)))
+        with np.load(cache) as z:
+            arrays = SplitArrays(*(z[k] for k in SplitArrays._fields[:-1]), int(z["num_classes"]))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        log.warning("image cache %s is damaged (%s: %s); decoding the images again", cache, type(exc).__name__, exc)
+        return None
+    if len(arrays.x_tr) != len(arrays.y_tr) or len(arrays.x_te) != len(arrays.y_te):
+        log.warning("image cache %s is damaged (images and labels differ in number); decoding again", cache)
+        return None
+    return arrays
+
+
+def _write_cache(cache: Path, arrays: SplitArrays) -> None:
+    try:
+        atomic_write(cache, lambda f: np.savez(f, **arrays._asdict()))
     except OSError as exc:  # a read-only home is no reason to fail
         log.warning("could not cache decoded images at %s: %s", cache, exc)
-    return x_tr, y_tr, x_te, y_te, len(classes)
+
+
+def _imagefolder(request: LoadRequest) -> SplitArrays:
+    """Decode ``root/train`` and ``root/test`` (or ``val``) once; the result is cached as ``.npz``, keyed on
+    every image's path, size and modification time."""
+    train_dir, test_dir, classes = _folder_layout(request)
+    root, size = train_dir.parent, request.image_size
+    train, test = _image_files(train_dir, classes), _image_files(test_dir, classes)
+    cache = _cache_dir() / f"imagefolder-{_tree_key(root, size, [path for path, _ in train + test])}.npz"
+    arrays = _read_cache(cache)
+    if arrays is None:
+        arrays = SplitArrays(*_decode(train_dir, train, size), *_decode(test_dir, test, size), len(classes))
+        _write_cache(cache, arrays)
+    return arrays
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset's loader and what is known without loading it."""
+
+    loader: Callable[[LoadRequest], SplitArrays]
+    channels: int
+    classes: int | Callable[[Path], int | None]  # a fixed number, or counted from the files under ``root``
+    check: Callable[[LoadRequest], object] | None = None  # cheap check that the files can be had; raises if not
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "digits": DatasetSpec(_digits, channels=1, classes=10),
+    "cifar10": DatasetSpec(functools.partial(_cifar, "cifar10"), channels=3, classes=10,
+                           check=functools.partial(_check_cifar, "cifar10")),
+    "cifar100": DatasetSpec(functools.partial(_cifar, "cifar100"), channels=3, classes=100,
+                            check=functools.partial(_check_cifar, "cifar100")),
+    "imagefolder": DatasetSpec(_imagefolder, channels=3, classes=_count_class_folders, check=_folder_layout),
+}
+
+
+def _spec(dataset: str) -> DatasetSpec:
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset: unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
+    return DATASETS[dataset]
+
+
+def dataset_classes(dataset: str, root: str | Path | None = None) -> int | None:
+    """The number of classes of ``dataset``, without decoding anything (imagefolder: the class folders under
+    ``root/train``); None when it cannot be told without loading."""
+    classes = _spec(dataset).classes
+    if isinstance(classes, int):
+        return classes
+    return None if root is None else classes(Path(root).expanduser())
+
+
+def dataset_channels(dataset: str) -> int:
+    """The number of image channels ``dataset`` loads with (1: grayscale, 3: RGB)."""
+    return _spec(dataset).channels
+
+
+def check_source(dataset: str, root: str | Path | None = None, download: bool = False) -> tuple[int | None, int]:
+    """Check, before any compute and without decoding, that ``dataset``'s files can be had from ``root``;
+    returns ``(classes, channels)`` (classes None when unknown until loading). Raises ``ValueError``
+    (``data_root: ...``) when they cannot."""
+    spec = _spec(dataset)
+    if spec.check is not None:
+        try:
+            spec.check(LoadRequest.of(root, download=download))
+        except DatasetNotAvailable as exc:
+            raise ValueError(str(exc)) from None
+    return dataset_classes(dataset, root), spec.channels
 
 
 def load_data(dataset: str, *, root: str | Path | None = None, download: bool = False,
@@ -165,17 +355,8 @@ def load_data(dataset: str, *, root: str | Path | None = None, download: bool = 
     """Load a dataset by name into memory: ``digits`` (offline, bundled with scikit-learn), ``cifar10``,
     ``cifar100`` (torchvision; ``download`` for users with internet) or ``imagefolder`` (``root`` with
     ``train/`` and ``test/`` or ``val/``; images resized to ``image_size`` if they differ)."""
-    if dataset == "digits":
-        parts = _digits(seed)
-    elif dataset in ("cifar10", "cifar100"):
-        parts = _cifar(dataset, Path(root or _cache_dir() / "torchvision").expanduser(), download)
-    elif dataset == "imagefolder":
-        if root is None:
-            raise ValueError("data_root: the imagefolder dataset needs a root folder")
-        parts = _imagefolder(Path(root).expanduser(), image_size)
-    else:
-        raise ValueError(f"dataset: unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
-    x_tr, y_tr, x_te, y_te, num_classes = parts
+    request = LoadRequest.of(root, download=download, seed=seed, image_size=image_size)
+    x_tr, y_tr, x_te, y_te, num_classes = _spec(dataset).loader(request)
     if train_subset is not None:
         keep = stratified_subset(np.asarray(y_tr), train_subset, seed)
         x_tr, y_tr = x_tr[keep], np.asarray(y_tr)[keep]

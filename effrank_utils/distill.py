@@ -4,13 +4,13 @@ teacher whose forward pass is computed once per batch and shared by every studen
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import LOSSES
 from .data import Batch
 from .factorize import block_attention, transformer_blocks
 from .teacher_cache import TeacherLogitCache
@@ -65,24 +65,55 @@ def geometric_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     return torch.stack(terms).mean()
 
 
+def _kd(loss: "DistillationLoss", student: nn.Module, batch: Batch, teacher_logits: torch.Tensor,
+        teacher_features: Sequence[torch.Tensor]) -> torch.Tensor:
+    return kd_loss(student(batch.x), teacher_logits, batch.y, loss.temperature, loss.alpha)
+
+
+def _logits(loss: "DistillationLoss", student: nn.Module, batch: Batch, teacher_logits: torch.Tensor,
+            teacher_features: Sequence[torch.Tensor]) -> torch.Tensor:
+    return mse_cosine(student(batch.x), teacher_logits)
+
+
+def _geometric(loss: "DistillationLoss", student: nn.Module, batch: Batch, teacher_logits: torch.Tensor,
+               teacher_features: Sequence[torch.Tensor]) -> torch.Tensor:
+    with feature_taps(student) as feats:
+        logits = student(batch.x)
+    return geometric_loss(logits, teacher_logits, feats, teacher_features)
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A distillation loss: how a student is scored against the teacher's outputs, and whether it needs the
+    teacher's block outputs (not only its logits, so no logit cache)."""
+
+    compute: Callable[..., torch.Tensor]  # (loss, student, batch, teacher_logits, teacher_features) -> scalar
+    needs_block_outputs: bool = False
+
+
+#: Distillation losses by name.
+LOSSES: dict[str, LossSpec] = {
+    "geometric": LossSpec(_geometric, needs_block_outputs=True),
+    "kd": LossSpec(_kd),
+    "logits": LossSpec(_logits),
+}
+
+
 class DistillationLoss:
     """Objective for :func:`~effrank_utils.training.fit`: the teacher runs once per batch (eval mode, no
-    gradients) and every student of the group is scored against the same outputs."""
+    gradients) and every student of the group is scored against the same outputs by the loss ``loss`` (a
+    name in :data:`LOSSES`; the config has validated it and its combination with the cache)."""
 
     def __init__(self, teacher: nn.Module, loss: str, temperature: float = 4.0, alpha: float = 0.5,
                  cache: TeacherLogitCache | None = None) -> None:
-        if loss not in LOSSES:
-            raise ValueError(f"loss: unknown loss {loss!r}; allowed: {', '.join(LOSSES)}")
-        if cache is not None and loss == "geometric":
-            raise ValueError("cache_teacher: the teacher cache holds logits only; the geometric loss needs block "
-                             "outputs (use kd or logits, or turn the cache off)")
-        self.teacher, self.kind, self.temperature, self.alpha = teacher.eval(), loss, temperature, alpha
+        self.teacher, self.spec, self.temperature, self.alpha = teacher.eval(), LOSSES[loss], temperature, alpha
         self.cache = cache
 
     @torch.no_grad()
     def teacher_outputs(self, batch: Batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Teacher logits and (for ``geometric``) its hooked block outputs; from the cache when it has them."""
-        if self.kind == "geometric":
+        """Teacher logits and (for losses that need them) its hooked block outputs; from the cache when it
+        has them."""
+        if self.spec.needs_block_outputs:
             with feature_taps(self.teacher) as feats:
                 logits = self.teacher(batch.x)
             return logits, list(feats)
@@ -96,13 +127,7 @@ class DistillationLoss:
 
     def student_loss(self, student: nn.Module, batch: Batch, teacher_logits: torch.Tensor,
                      teacher_features: Sequence[torch.Tensor]) -> torch.Tensor:
-        if self.kind == "kd":
-            return kd_loss(student(batch.x), teacher_logits, batch.y, self.temperature, self.alpha)
-        if self.kind == "logits":
-            return mse_cosine(student(batch.x), teacher_logits)
-        with feature_taps(student) as feats:
-            logits = student(batch.x)
-        return geometric_loss(logits, teacher_logits, feats, teacher_features)
+        return self.spec.compute(self, student, batch, teacher_logits, teacher_features)
 
     def shared(self, batch: Batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
         return self.teacher_outputs(batch)

@@ -19,8 +19,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .config import EXECUTORS, config_from_json
+from .config import config_from_json
 from .data import ImageData, load_data_for
+from .run_folder import Task
+from .students import run_group
 from .teacher import load_teacher
 
 log = logging.getLogger(__name__)
@@ -38,8 +40,6 @@ def train_group(config: dict, run_dir: str, tasks: Sequence[tuple[int, int]], th
 
     Tasks another process is training are waited for, not repeated; finished ones are skipped.
     """
-    from .sweep import Task, run_group  # the sweep module imports this one
-
     if threads:
         torch.set_num_threads(threads)
     cfg = config_from_json(config)
@@ -59,7 +59,8 @@ class RayExecutor(cf.Executor):
                  max_retries: int = 2) -> None:
         import ray
         self._ray = ray
-        if not ray.is_initialized():
+        self._started = not ray.is_initialized()  # a Ray this executor started is shut down with it
+        if self._started:
             address = address or os.environ.get("RAY_ADDRESS")
             ray.init(address=address, num_cpus=None if address else num_cpus, log_to_driver=False,
                      include_dashboard=False)
@@ -75,26 +76,41 @@ class RayExecutor(cf.Executor):
         return ref.future()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Cancel what is outstanding if asked; disconnect from (or stop) the Ray this executor started, so
+        that the process exits cleanly instead of Ray's workers being killed at interpreter exit."""
         if cancel_futures:
             for ref in self._refs:
                 self._ray.cancel(ref, force=True)
         self._refs.clear()
+        if self._started and self._ray.is_initialized():
+            self._ray.shutdown()
+
+
+def _ray(workers: int | None, ray_address: str | None) -> cf.Executor:
+    try:
+        return RayExecutor(address=ray_address, num_cpus=workers)
+    except ImportError:
+        raise ValueError("executor: 'ray' needs Ray: pip install -e '.[ray]'") from None
+
+
+def _processes(workers: int | None, ray_address: str | None) -> cf.Executor:
+    import multiprocessing
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+#: Where a sweep's student groups run, by name: a factory ``(workers, ray_address) -> Executor`` (None for
+#: ``local``: in the sweep's own process).
+EXECUTORS: dict[str, Callable[[int | None, str | None], cf.Executor] | None] = {
+    "local": None,
+    "ray": _ray,
+    "processes": _processes,
+}
 
 
 def make_executor(kind: str, workers: int | None = None, ray_address: str | None = None) -> cf.Executor | None:
-    """The executor a config names: ``local`` -> None (run in this process), ``ray`` -> :class:`RayExecutor`,
-    ``processes`` -> a ``ProcessPoolExecutor`` (spawned processes) with ``workers`` workers."""
-    if kind == "local":
-        return None
-    if kind == "ray":
-        try:
-            return RayExecutor(address=ray_address, num_cpus=workers)
-        except ImportError:
-            raise ValueError("executor: 'ray' needs Ray: pip install -e '.[ray]'") from None
-    if kind == "processes":
-        import multiprocessing
-        return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-    raise ValueError(f"executor: unknown executor {kind!r}; allowed: {', '.join(EXECUTORS)}")
+    """The executor a config names (a name in :data:`EXECUTORS`); None runs in this process."""
+    factory = EXECUTORS[kind]
+    return None if factory is None else factory(workers, ray_address)
 
 
 def threads_per_task(executor: cf.Executor) -> int:

@@ -17,7 +17,7 @@ import copy
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 
 TARGETS = ("qkv", "proj", "fc1", "fc2")
 TARGET_ALIASES = {"attn": ("qkv", "proj"), "mlp": ("fc1", "fc2"), "all": TARGETS}
-INITS = ("svd", "random", "paper")
 
 
 class LowRankLinear(nn.Module):
@@ -218,18 +217,11 @@ def _validate(model: nn.Module, rank: object, init: str, layers: Sequence[Target
 
 
 def _factor(linear: nn.Linear, rank: int, init: str) -> LowRankLinear:
-    """A rank-``rank`` pair for ``linear``; ``svd`` gives the best approximation (Eckart-Young)."""
+    """A rank-``rank`` pair for ``linear``, its factors set by the init's ``factors`` step."""
     w = linear.weight.detach()
     pair = LowRankLinear(linear.in_features, linear.out_features, rank, bias=linear.bias is not None)
     pair.to(device=w.device, dtype=w.dtype)
-    if init == "svd":
-        u, s, vh = torch.linalg.svd(w.float(), full_matrices=False)
-        root = s[:rank].sqrt()
-        with torch.no_grad():
-            pair.down.weight.copy_((root[:, None] * vh[:rank]).to(w.dtype))
-            pair.up.weight.copy_((u[:, :rank] * root[None, :]).to(w.dtype))
-            if linear.bias is not None:
-                pair.up.bias.copy_(linear.bias)
+    INITS[init].factors(linear, pair)
     return pair
 
 
@@ -263,6 +255,49 @@ def _final_norms(model: nn.Module) -> list[nn.Module]:
     return norms
 
 
+def _svd_factors(linear: nn.Linear, pair: LowRankLinear) -> None:
+    """The truncated SVD of the dense map, sqrt(S) split between the factors: the best rank-r approximation
+    (Eckart-Young), exact at full rank."""
+    w = linear.weight.detach()
+    u, s, vh = torch.linalg.svd(w.float(), full_matrices=False)
+    root = s[:pair.rank].sqrt()
+    with torch.no_grad():
+        pair.down.weight.copy_((root[:, None] * vh[:pair.rank]).to(w.dtype))
+        pair.up.weight.copy_((u[:, :pair.rank] * root[None, :]).to(w.dtype))
+        if linear.bias is not None:
+            pair.up.bias.copy_(linear.bias)
+
+
+def _default_factors(linear: nn.Linear, pair: LowRankLinear) -> None:
+    """PyTorch's default initialization of the factor layers (already done when the pair was built)."""
+
+
+def _fresh_blocks_and_head(student: nn.Module) -> None:
+    """The paper author's: every transformer block, the head and the final norms re-initialized."""
+    for _, block in transformer_blocks(student):
+        _reset_parameters(block)
+    for module in [_head(student), *_final_norms(student)]:
+        if module is not None:
+            _reset_parameters(module)
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    """A student initialization: how each pair's factors are set from its dense map, then (optionally) a step
+    over the whole student."""
+
+    factors: Callable[[nn.Linear, LowRankLinear], None]
+    student: Callable[[nn.Module], None] | None = None
+
+
+#: Student initializations by name.
+INITS: dict[str, InitSpec] = {
+    "svd": InitSpec(_svd_factors),
+    "random": InitSpec(_default_factors),
+    "paper": InitSpec(_default_factors, _fresh_blocks_and_head),
+}
+
+
 def factorize(teacher: nn.Module, rank: int, *, init: str = "svd", targets: str | Iterable[str] = "all",
               seed: int | None = None) -> nn.Module:
     """Return a new student whose targeted block linears are rank-``rank`` :class:`LowRankLinear` pairs.
@@ -285,12 +320,8 @@ def factorize(teacher: nn.Module, rank: int, *, init: str = "svd", targets: str 
                 block.self_attention = SplitMultiheadAttention.from_multihead(attn)
         for layer in layers:
             _set_submodule(student, layer.name, _factor(student.get_submodule(layer.name), rank, init))
-        if init == "paper":
-            for _, block in transformer_blocks(student):
-                _reset_parameters(block)
-            for module in [_head(student), *_final_norms(student)]:
-                if module is not None:
-                    _reset_parameters(module)
+        if INITS[init].student is not None:
+            INITS[init].student(student)
     return student
 
 

@@ -1,22 +1,44 @@
-"""The interactive analysis panel: drag the band, pick the reference, toggle the rank axis."""
+"""The interactive analysis panel: drag the band, pick the reference, toggle the rank axis.
+
+The panel needs no front end to run: the figure is rendered to PNG bytes in the kernel and shown in an
+``ipywidgets.Image``, the summary in an ``HTML`` widget. Nothing goes through the ``Output`` widget's capture
+protocol, which headless executors (papermill/nbclient) can only emulate by sending messages back to the
+kernel while a cell runs -- the cause of intermittent hangs (jupyter/nbclient#312). The saved widget state holds
+the image, so an executed notebook shows the figure when it is reopened.
+"""
 
 from __future__ import annotations
 
+import html
+import io
 from dataclasses import dataclass
 from typing import Sequence
 
 import ipywidgets as widgets
+import matplotlib.pyplot as plt
 from IPython.display import display
+from matplotlib.figure import Figure
 
 from .analysis import Study, analyze, summary_text
 from .plotting import plot_effective_rank
 
 REFERENCE_OPTIONS = (("teacher", "teacher"), ("best student", "best_student"), ("typed value", "value"))
+FIGURE_DPI = 100
 
 
 def panel_reference(choice: str, typed_value: float) -> str | float:
     """The reference the panel's controls describe (``value`` means the typed number)."""
     return float(typed_value) if choice == "value" else choice
+
+
+def figure_png(fig: Figure, dpi: int = FIGURE_DPI) -> bytes:
+    """``fig`` as PNG bytes; the figure is closed, so pyplot never shows it on its own."""
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return buffer.getvalue()
 
 
 @dataclass
@@ -28,7 +50,7 @@ class AnalysisPanel:
     value: widgets.BoundedFloatText
     axis: widgets.ToggleButtons
     summary: widgets.HTML
-    figure: widgets.Output
+    figure: widgets.Image
     widget: widgets.VBox
 
     def _ipython_display_(self) -> None:
@@ -38,7 +60,8 @@ class AnalysisPanel:
 def analysis_panel(study: Study, band: Sequence[float] = (0.85, 0.95), reference: str | float = "teacher"
                    ) -> AnalysisPanel:
     """A panel whose controls recompute region and knee (:func:`~effrank_utils.analysis.analyze`) and
-    redraw the figure and the text summary on every change."""
+    redraw the figure and the text summary on every change. A band or reference that cannot be analyzed shows
+    the error and hides the figure, so a stale one is never shown as current."""
     typed = float(reference) if not isinstance(reference, str) else study.teacher_accuracy
     band_slider = widgets.FloatRangeSlider(value=tuple(band), min=0.5, max=1.0, step=0.005, readout_format=".3f",
                                            description="band", continuous_update=False,
@@ -50,7 +73,7 @@ def analysis_panel(study: Study, band: Sequence[float] = (0.85, 0.95), reference
                                          layout=widgets.Layout(width="180px"))
     axis = widgets.ToggleButtons(options=["linear", "log"], value="linear", description="rank axis")
     text = widgets.HTML()
-    figure = widgets.Output()
+    image = widgets.Image(format="png")
 
     def update(_change: object = None) -> None:
         ref_value.disabled = ref_choice.value != "value"
@@ -58,15 +81,16 @@ def analysis_panel(study: Study, band: Sequence[float] = (0.85, 0.95), reference
             result = analyze(study, band_slider.value, panel_reference(ref_choice.value, ref_value.value),
                              n_bootstrap=0)
         except ValueError as exc:
-            text.value = f"<b>Cannot compute:</b> {exc}"
+            text.value = f"<b>Cannot compute:</b> {html.escape(str(exc))}"
+            image.value = b""
+            image.layout.display = "none"
             return
         text.value = summary_text(study, result)
-        with figure:
-            figure.clear_output(wait=True)
-            display(plot_effective_rank(study, result, log_x=axis.value == "log"))
+        image.value = figure_png(plot_effective_rank(study, result, log_x=axis.value == "log"))
+        image.layout.display = None
 
     for control in (band_slider, ref_choice, ref_value, axis):
         control.observe(update, names="value")
     update()
-    box = widgets.VBox([widgets.HBox([band_slider, axis]), widgets.HBox([ref_choice, ref_value]), text, figure])
-    return AnalysisPanel(band_slider, ref_choice, ref_value, axis, text, figure, box)
+    box = widgets.VBox([widgets.HBox([band_slider, axis]), widgets.HBox([ref_choice, ref_value]), text, image])
+    return AnalysisPanel(band_slider, ref_choice, ref_value, axis, text, image, box)

@@ -11,11 +11,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .curves import CROSSED, EffectiveRankResult
+from .run_folder import FIGURE_DIR
 
 if TYPE_CHECKING:
     from .analysis import Study
-
-FIGURE_DIR = "figures"
 
 
 def save_figure(fig: Figure, run_dir: str | Path, name: str, formats: tuple[str, ...] = ("png", "svg")

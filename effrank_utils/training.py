@@ -16,14 +16,18 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from .data import Batch, BatchPipeline
-from .storage import fault_point, load_checkpoint, save_checkpoint
+from .seeds import derive_seed
+from .storage import CorruptFile, fault_point, load_checkpoint, quarantine, save_checkpoint
+
+if TYPE_CHECKING:
+    from .config import StudyConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,20 @@ class Objective(Protocol):
     def loss(self, model: nn.Module, batch: Batch, shared: Any) -> torch.Tensor: ...
 
 
+def cosine(progress: float) -> float:
+    """Cosine decay from 1 to 0 over training (``progress`` in [0, 1])."""
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def constant(progress: float) -> float:
+    """The base learning rate throughout."""
+    return 1.0
+
+
+#: Learning-rate schedules after warmup: name -> factor of the base rate as a function of progress.
+SCHEDULES: dict[str, Callable[[float], float]] = {"cosine": cosine, "constant": constant}
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Optimization settings of one training run."""
@@ -45,7 +63,13 @@ class Recipe:
     lr: float
     weight_decay: float
     warmup_epochs: int = 0
-    schedule: str = "cosine"  # or "constant"
+    schedule: str = "cosine"  # a name in SCHEDULES
+
+
+def recipe_for(config: "StudyConfig", role: str) -> Recipe:
+    """The recipe of the ``teacher`` or of the ``student`` s, from the config's ``<role>_*`` fields."""
+    field = lambda name: getattr(config, f"{role}_{name}")  # noqa: E731
+    return Recipe(field("epochs"), field("lr"), field("weight_decay"), field("warmup_epochs"), field("schedule"))
 
 
 @dataclass
@@ -65,15 +89,12 @@ class FitResult:
 
 
 def learning_rate(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
-    """Linear warmup over ``warmup_epochs``, then cosine decay to 0 (or constant) until the last step."""
+    """Linear warmup over ``warmup_epochs``, then the recipe's schedule until the last step."""
     warmup = recipe.warmup_epochs * steps_per_epoch
     total = recipe.epochs * steps_per_epoch
     if step < warmup:
         return recipe.lr * (step + 1) / warmup
-    if recipe.schedule == "constant":
-        return recipe.lr
-    progress = (step - warmup) / max(total - warmup, 1)
-    return recipe.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    return recipe.lr * SCHEDULES[recipe.schedule]((step - warmup) / max(total - warmup, 1))
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe, device: torch.device) -> torch.optim.Optimizer:
@@ -108,7 +129,11 @@ def _restore(state_path: Path | None, models: Sequence[nn.Module], optimizers: S
     results = [FitResult() for _ in models]
     if state_path is None or not state_path.exists():
         return 0, results
-    state = load_checkpoint(state_path, map_location=device)
+    try:
+        state = load_checkpoint(state_path, map_location=device)
+    except CorruptFile as exc:  # only progress is lost: start over
+        log.warning("%s; moved aside to %s, training starts over", exc, quarantine(state_path).name)
+        return 0, results
     if len(state["models"]) != len(models):
         raise ValueError(f"checkpoint {state_path} holds {len(state['models'])} models, expected {len(models)}")
     for model, opt, m_state, o_state in zip(models, optimizers, state["models"], state["optimizers"]):
@@ -150,7 +175,7 @@ def fit(models: Sequence[nn.Module], objective: Objective, pipeline: BatchPipeli
         active = [i for i, r in enumerate(results) if r.failure is None]
         if not active:
             break
-        torch.manual_seed(seed * 1_000_003 + epoch + 1)  # dropout / drop-path, resumable per epoch
+        torch.manual_seed(derive_seed(seed, epoch + 1))  # dropout / drop-path, resumable per epoch
         for i in active:
             models[i].train()
         loss_sum = torch.zeros(len(active), device=device)

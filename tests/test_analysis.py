@@ -1,5 +1,7 @@
 """What the analysis notebook and its panel compute, tested without a browser."""
 
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,10 +10,11 @@ from effrank_utils import analysis
 from effrank_utils.curves import effective_rank
 from effrank_utils.panel import analysis_panel
 from effrank_utils.presets import load_preset
+from effrank_utils.run_folder import COLUMNS, SWEEP_CSV, TEACHER_JSON, write_record
 from effrank_utils.storage import write_json
-from effrank_utils.sweep import COLUMNS, CONFIG_JSON, SWEEP_CSV
 
 TEACHER = 0.93
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture
@@ -25,8 +28,8 @@ def study(tmp_path):
     rows.append({"rank": 5, "seed": 0, "status": "failed", "params": 1500, "teacher_params": 5000,
                  "failure": "non-finite loss (nan) in epoch 1"})
     pd.DataFrame(rows, columns=COLUMNS).to_csv(tmp_path / SWEEP_CSV, index=False)
-    write_json(tmp_path / CONFIG_JSON, load_preset("smoke").to_dict())
-    write_json(tmp_path / "teacher.json", {"status": "done", "accuracy": TEACHER})
+    write_record(tmp_path, load_preset("smoke"), "fingerprint")
+    write_json(tmp_path / TEACHER_JSON, {"status": "done", "accuracy": TEACHER})
     return analysis.load_study(tmp_path)
 
 
@@ -59,6 +62,42 @@ def test_panel_controls_drive_the_summary(study):
     assert panel.summary.value == analysis.summary_text(study, expected)
     panel.axis.value = "log"  # display only: the numbers stay
     assert panel.summary.value == analysis.summary_text(study, expected)
+
+
+def shown_png(panel):
+    """The bytes the panel's image widget holds (ipywidgets keeps them as a memoryview)."""
+    return bytes(panel.figure.value)
+
+
+def test_panel_draws_a_png_image_and_redraws_on_change(study):
+    open_figures = plt.get_fignums()
+    panel = analysis_panel(study)
+    linear = shown_png(panel)
+    assert isinstance(panel.figure, widgets.Image) and linear.startswith(PNG)
+    panel.axis.value = "log"
+    assert shown_png(panel).startswith(PNG) and shown_png(panel) != linear
+    assert plt.get_fignums() == open_figures  # rendered and closed, never left to pyplot
+
+
+def test_panel_uses_no_output_widget(study):
+    """Headless executors can only emulate the Output widget's capture, by messaging the kernel mid-cell
+    (jupyter/nbclient#312): the panel must not contain one."""
+    def tree(widget):
+        yield widget
+        for child in getattr(widget, "children", ()):
+            yield from tree(child)
+
+    assert not any(isinstance(w, widgets.Output) for w in tree(analysis_panel(study).widget))
+
+
+def test_panel_shows_the_error_and_hides_a_stale_figure(study):
+    panel = analysis_panel(study)
+    panel.band.value = (0.9, 0.9)  # collapsed: lo must be below hi
+    assert panel.summary.value.startswith("<b>Cannot compute:</b> band: lo must be below hi")
+    assert shown_png(panel) == b"" and panel.figure.layout.display == "none"
+    panel.band.value = (0.8, 0.9)
+    assert shown_png(panel).startswith(PNG) and panel.figure.layout.display is None
+    assert panel.summary.value == analysis.summary_text(study, analysis.analyze(study, (0.8, 0.9), n_bootstrap=0))
 
 
 def test_region_facts_report_cost_at_both_ends(study):

@@ -6,15 +6,21 @@ import stat
 import pytest
 
 from effrank_utils.config import make_config
-from effrank_utils.presets import PRESETS, load_preset
+from effrank_utils.presets import PRESETS, load_preset, preset_values
 from effrank_utils.storage import ensure_writable_dir
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_presets_are_valid(name, monkeypatch, tmp_path):
     monkeypatch.delenv("EFFRANK_CIFAR10_FOLDER", raising=False)
-    cfg = load_preset(name)
+    cfg = make_config(preset_values(name), check_environment=False)  # the data may not be on this machine
     assert cfg.preset == name and cfg.ranks == tuple(sorted(cfg.ranks))
+
+
+def test_missing_data_is_refused_before_any_compute(monkeypatch):
+    monkeypatch.delenv("EFFRANK_CIFAR10_FOLDER", raising=False)
+    with pytest.raises(ValueError, match="data_root: cifar10 files were not found .* download=True"):
+        load_preset("cifar10-cpu")
 
 
 def test_demo_preset_is_the_documented_default():
@@ -80,9 +86,13 @@ BAD = [
     ({"num_heads": 3}, "num_heads: 3 does not divide embed_dim 16"),
     ({"hflip": "yes"}, "hflip: must be true or false"),
     ({"model": "vit_b_32", "image_size": 32}, "image_size: vit_b_32 takes 224-pixel input"),
+    ({"ranks": [1]}, r"ranks: at least 2 ranks are needed for a curve, got \[1\]"),
+    ({"mlp_ratio": 0.25}, r"ranks: 8 exceeds the layer dimension; allowed: 1\.\.4"),
+    ({"train_subset": 5}, r"train_subset: 5 is smaller than the number of classes \(10\)"),
+    ({"model": "vit_nothing_patch99"}, "model: unknown model 'vit_nothing_patch99'"),
     ({"pretrained": True}, "normalization: pretrained weights expect 'imagenet'"),
     ({"dataset": "imagefolder"}, "data_root: the imagefolder dataset needs a folder"),
-    ({"dataset": "imagefolder", "data_root": "/no/such/folder"}, "data_root: '/no/such/folder' does not exist"),
+    ({"dataset": "imagefolder", "data_root": "/no/such/folder"}, r"data_root: '?/no/such/folder'? does not exist"),
     ({"sweep_mode": "random"}, "sweep_mode: unknown value 'random'; allowed: grid, adaptive"),
     ({"fuse": 0}, "fuse: must be an integer >= 1"),
     ({"checkpoint_every": -1}, "checkpoint_every: must be an integer >= 0"),
@@ -98,7 +108,7 @@ def test_bad_input_is_refused_with_the_field_name(overrides, match):
 
 def test_imagefolder_without_train_folder_is_refused(tmp_path):
     with pytest.raises(ValueError, match="data_root: .* must hold train/ and test/"):
-        make_config({"dataset": "imagefolder", "data_root": str(tmp_path), "ranks": [1]})
+        make_config({"dataset": "imagefolder", "data_root": str(tmp_path), "ranks": [1, 2]})
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
@@ -114,3 +124,9 @@ def test_results_path_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="run_dir: .* is not a writable directory"):
         ensure_writable_dir(tmp_path / "file")
+
+
+@pytest.mark.parametrize("name", ["..", "../elsewhere", "/tmp", "my study"])
+def test_preset_field_must_name_a_preset(name):
+    with pytest.raises(ValueError, match="preset: unknown value .*; allowed: smoke, demo, cifar10-cpu, paper, custom"):
+        load_preset("smoke", {"preset": name})

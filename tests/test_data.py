@@ -1,6 +1,10 @@
 """Datasets by name, stratified subsets, offline errors, and the tensor batch pipeline."""
 
+import ast
+import logging
+import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +13,9 @@ from PIL import Image
 from torchvision import datasets
 from torchvision.datasets import cifar as cifar_module
 
-from effrank_utils.data import BatchPipeline, DatasetNotAvailable, ImageData, load_data
+import effrank_utils.data as data_module
+from effrank_utils.data import (DATASETS, BatchPipeline, CorruptImage, DatasetNotAvailable, ImageData,
+                                check_source, dataset_channels, dataset_classes, load_data)
 
 
 def test_digits_split_is_fixed_and_stratified():
@@ -24,11 +30,11 @@ def test_digits_split_is_fixed_and_stratified():
     assert sub.train_labels.numel() == 200 and torch.bincount(sub.train_labels).min() >= 19
 
 
-def _write_tree(root, split, classes, per_class, size=6):
-    rng = np.random.default_rng(0)
+def _write_tree(root, split, classes, per_class, size=6, seed=0, start=0):
+    rng = np.random.default_rng(seed)
     for c in classes:
-        (root / split / c).mkdir(parents=True)
-        for i in range(per_class):
+        (root / split / c).mkdir(parents=True, exist_ok=True)
+        for i in range(start, start + per_class):
             Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
 
 
@@ -47,6 +53,164 @@ def test_imagefolder_tree(tmp_path):
 def test_imagefolder_without_layout_is_refused(tmp_path):
     with pytest.raises(DatasetNotAvailable, match="train/ and test/"):
         load_data("imagefolder", root=tmp_path)
+
+
+def test_cache_sees_added_images(tmp_path):
+    _write_tree(tmp_path, "train", ["a", "b"], 20)
+    _write_tree(tmp_path, "test", ["a", "b"], 2)
+    assert load_data("imagefolder", root=tmp_path).train_labels.numel() == 40
+    _write_tree(tmp_path, "train", ["a"], 5, seed=1, start=20)  # train/ itself keeps its mtime
+    again = load_data("imagefolder", root=tmp_path)
+    assert again.train_labels.numel() == 45 and torch.bincount(again.train_labels).tolist() == [25, 20]
+
+
+def test_cache_sees_an_image_rewritten_in_place(tmp_path):
+    _write_tree(tmp_path, "train", ["a", "b"], 2)
+    _write_tree(tmp_path, "test", ["a", "b"], 1)
+    before = load_data("imagefolder", root=tmp_path)
+    path = tmp_path / "train" / "a" / "0.png"
+    old = path.stat()
+    new_pixels = np.full((6, 6, 3), 7, dtype=np.uint8)
+    Image.fromarray(new_pixels).save(path)
+    os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns + 1_000_000_000))  # a new mtime even on coarse clocks
+    after = load_data("imagefolder", root=tmp_path)
+    assert not torch.equal(after.train_images[0], before.train_images[0])
+    assert np.array_equal(after.train_images[0].numpy(), new_pixels.transpose(2, 0, 1))
+
+
+def test_fingerprint_follows_the_content_not_the_name_or_folder(tmp_path):
+    for root in (tmp_path / "one", tmp_path / "two"):
+        _write_tree(root, "train", ["a", "b"], 3)
+        _write_tree(root, "test", ["a", "b"], 1)
+    _write_tree(tmp_path / "other", "train", ["a", "b"], 3, seed=5)
+    _write_tree(tmp_path / "other", "test", ["a", "b"], 1, seed=5)
+    one, two, other = (load_data("imagefolder", root=tmp_path / n) for n in ("one", "two", "other"))
+    assert one.fingerprint() == two.fingerprint() != other.fingerprint()
+    renamed = ImageData("renamed", one.train_images, one.train_labels, one.test_images, one.test_labels, 2)
+    assert renamed.fingerprint() == one.fingerprint()
+    pixel = one.train_images.clone()
+    pixel[0, 0, 0, 0] ^= 1
+    label = one.test_labels.clone()
+    label[0] = 1 - label[0]
+    changed = [ImageData("x", pixel, one.train_labels, one.test_images, one.test_labels, 2),
+               ImageData("x", one.train_images, one.train_labels, one.test_images, label, 2),
+               ImageData("x", one.train_images, one.train_labels, one.test_images, one.test_labels, 3)]
+    assert len({one.fingerprint(), *(d.fingerprint() for d in changed)}) == 4
+
+
+def test_fingerprint_survives_a_move_to_another_device():
+    data = load_data("digits", train_subset=50)
+    digest = data.fingerprint()
+    moved = data.to("meta")  # meta tensors hold no values: the digest can only be the one carried over
+    assert moved.train_images.device.type == "meta" and moved.fingerprint() == digest
+
+
+@pytest.mark.parametrize("damage", ["truncated_jpeg", "random_bytes_jpg", "truncated_png"])
+def test_corrupt_image_is_named_with_what_to_do(tmp_path, damage):
+    _write_tree(tmp_path, "train", ["a", "b"], 2)
+    _write_tree(tmp_path, "test", ["a", "b"], 1)
+    rng = np.random.default_rng(0)
+    if damage == "random_bytes_jpg":
+        bad = tmp_path / "train" / "b" / "broken.jpg"
+        bad.write_bytes(rng.bytes(500))
+    else:
+        ext = "jpg" if damage == "truncated_jpeg" else "png"
+        bad = tmp_path / "train" / "b" / f"cut.{ext}"
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(bad)
+        bad.write_bytes(bad.read_bytes()[:len(bad.read_bytes()) // 2])
+    with pytest.raises(CorruptImage, match=rf"^data_root: .*{bad.name}.*remove or replace") as info:
+        load_data("imagefolder", root=tmp_path)
+    assert isinstance(info.value, ValueError) and str(bad) in str(info.value)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random_bytes", "missing_keys"])
+def test_damaged_image_cache_is_rebuilt_with_a_warning(tmp_path, monkeypatch, caplog, damage):
+    monkeypatch.setenv("EFFRANK_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "images"
+    _write_tree(root, "train", ["a", "b"], 3)
+    _write_tree(root, "test", ["a", "b"], 1)
+    first = load_data("imagefolder", root=root)
+    (cache,) = (tmp_path / "cache").glob("imagefolder-*.npz")
+    if damage == "truncated":
+        cache.write_bytes(cache.read_bytes()[:len(cache.read_bytes()) // 2])
+    elif damage == "random_bytes":
+        cache.write_bytes(np.random.default_rng(0).bytes(400))
+    else:
+        np.savez(cache, x_tr=first.train_images.numpy())
+    with caplog.at_level(logging.WARNING, logger="effrank_utils.data"):
+        again = load_data("imagefolder", root=root)
+    assert again.fingerprint() == first.fingerprint()
+    assert any("damaged" in r.getMessage() and str(cache) in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="effrank_utils.data"):
+        load_data("imagefolder", root=root)  # the rebuilt cache is whole again
+    assert not caplog.records
+
+
+def test_one_class_folder_is_refused(tmp_path):
+    _write_tree(tmp_path, "train", ["cat"], 3)
+    _write_tree(tmp_path, "test", ["cat"], 1)
+    with pytest.raises(ValueError, match=r"^data_root: .*train holds 1 class folder.*'cat'.*at least 2"):
+        load_data("imagefolder", root=tmp_path)
+
+
+def test_train_and_test_classes_must_match(tmp_path):
+    _write_tree(tmp_path, "train", ["cat", "dog"], 2)
+    _write_tree(tmp_path, "test", ["cat", "emu"], 1)
+    with pytest.raises(ValueError, match="^data_root: train and test class folders differ"):
+        load_data("imagefolder", root=tmp_path)
+
+
+def test_class_folder_without_images_is_refused(tmp_path):
+    _write_tree(tmp_path, "train", ["cat", "dog"], 2)
+    _write_tree(tmp_path, "test", ["cat", "dog"], 1)
+    for png in (tmp_path / "test" / "dog").iterdir():
+        png.unlink()
+    with pytest.raises(DatasetNotAvailable, match=r"^data_root: .*test.*dog"):
+        load_data("imagefolder", root=tmp_path)
+
+
+def test_registry_facts_without_loading(tmp_path):
+    assert set(DATASETS) == {"digits", "cifar10", "cifar100", "imagefolder"}
+    assert [dataset_classes(n) for n in ("digits", "cifar10", "cifar100")] == [10, 10, 100]
+    assert [dataset_channels(n) for n in DATASETS] == [1, 3, 3, 3]
+    assert dataset_classes("imagefolder") is None and dataset_classes("imagefolder", tmp_path) is None
+    _write_tree(tmp_path, "train", ["cat", "dog", "emu"], 1)
+    _write_tree(tmp_path, "val", ["cat", "dog", "emu"], 1)
+    assert dataset_classes("imagefolder", tmp_path) == 3 and dataset_classes("imagefolder", str(tmp_path)) == 3
+    for name, root in (("digits", None), ("imagefolder", tmp_path)):  # the facts agree with the loaded data
+        data = load_data(name, root=root)
+        assert (data.num_classes, data.channels) == (dataset_classes(name, root), dataset_channels(name))
+    for ask in (dataset_classes, dataset_channels, load_data):
+        with pytest.raises(ValueError, match="^dataset: unknown dataset 'mnist'; allowed: digits, cifar10"):
+            ask("mnist")
+
+
+def test_check_source_refuses_what_loading_would_refuse_without_decoding(tmp_path):
+    assert check_source("digits") == (10, 1)
+    assert check_source("cifar100", tmp_path, download=True) == (100, 3)  # nothing fetched while checking
+    with pytest.raises(ValueError, match=r"^data_root: cifar10 files were not found under .*cifar-10-batches-py"):
+        check_source("cifar10", tmp_path)
+    with pytest.raises(ValueError, match="^data_root: the imagefolder dataset needs a folder"):
+        check_source("imagefolder")
+    with pytest.raises(ValueError, match="^data_root: .*missing does not exist"):
+        check_source("imagefolder", tmp_path / "missing")
+    with pytest.raises(ValueError, match="^data_root: .* must hold train/ and test/"):
+        check_source("imagefolder", tmp_path)
+    _write_tree(tmp_path, "train", ["cat"], 1)
+    _write_tree(tmp_path, "test", ["cat"], 1)
+    with pytest.raises(ValueError, match="^data_root: .*holds 1 class folder"):
+        check_source("imagefolder", tmp_path)
+    _write_tree(tmp_path, "train", ["dog"], 1)
+    _write_tree(tmp_path, "test", ["dog"], 1)
+    assert check_source("imagefolder", tmp_path) == (2, 3)
+
+
+def test_data_module_does_not_import_config_at_runtime():
+    tree = ast.parse(Path(data_module.__file__).read_text())
+    modules = [n.module or "" for n in tree.body if isinstance(n, ast.ImportFrom)]  # top level: not TYPE_CHECKING
+    modules += [a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names]
+    assert modules and not [m for m in modules if m.split(".")[-1] == "config"]
 
 
 def test_real_cifar10_tree(cifar10_folder):

@@ -11,10 +11,11 @@ from effrank_utils.distill import DistillationLoss
 from effrank_utils.factorize import factorize
 from effrank_utils.presets import load_preset
 from effrank_utils.refine import next_ranks, tolerance
-from effrank_utils.sweep import Task, train_students
+from effrank_utils.run_folder import Task
+from effrank_utils.students import train_students
 from effrank_utils.teacher import train_teacher
 from effrank_utils.teacher_cache import TeacherLogitCache, cache_key
-from effrank_utils.training import fit
+from effrank_utils.training import fit, recipe_for
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def test_fused_students_equal_students_trained_alone(setup, loss):
     cfg = cfg.replace(loss=loss)
     pipeline = pipeline_for(cfg, data, cfg.student_batch_size)
     ranks = [1, 4, 8]
-    recipe = sweep.student_recipe(cfg)
+    recipe = recipe_for(cfg, "student")
     fn = DistillationLoss(teacher, loss, cfg.kd_temperature, cfg.kd_alpha)
     fused = [factorize(teacher, r) for r in ranks]
     fused_results = fit(fused, fn, pipeline, recipe, seed=0)
@@ -82,8 +83,6 @@ def test_cache_is_refused_for_the_geometric_loss(setup):
     cfg, _, teacher = setup
     with pytest.raises(ValueError, match="cache_teacher"):
         cfg.replace(loss="geometric", cache_teacher=True)
-    with pytest.raises(ValueError, match="cache_teacher"):
-        DistillationLoss(teacher, "geometric", cache=TeacherLogitCache("/tmp", "k", 10))
 
 
 def saturating(r):

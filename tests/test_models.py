@@ -1,5 +1,6 @@
 """Teachers by name, heads sized to the dataset, clear errors for unknown names and offline weights."""
 
+import dataclasses
 import urllib.error
 
 import pytest
@@ -16,21 +17,27 @@ def test_small_vit_head_matches_classes():
 
 
 def test_timm_model_by_name():
-    cfg = load_preset("smoke", model="vit_tiny_patch16_224", image_size=32, ranks=[2])
+    cfg = load_preset("smoke", model="vit_tiny_patch16_224", image_size=32, ranks=[2, 4])
     model = models.build_model(cfg, num_classes=5, in_chans=3)
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 5)
 
 
 def test_torchvision_vit_b_32_head():
-    cfg = load_preset("smoke", model="vit_b_32", image_size=224, ranks=[2])
+    cfg = dataclasses.replace(load_preset("smoke"), model="vit_b_32", image_size=224)  # digits: 1 channel
     model = models.build_model(cfg, num_classes=100, in_chans=3)
     assert model.heads.head.out_features == 100
 
 
-def test_unknown_model_name_is_refused():
-    cfg = load_preset("smoke", model="vit_imaginary_patch3")
+def test_model_facts_are_checked_before_anything_is_built():
+    with pytest.raises(ValueError, match="dataset: vit_b_32 takes 3-channel images, digits has 1"):
+        load_preset("smoke", model="vit_b_32", image_size=224)
+    with pytest.raises(ValueError, match="image_size: vit_b_32 takes 224-pixel input, got 32"):
+        load_preset("smoke", model="vit_b_32", image_size=32)
+
+
+def test_unknown_model_name_is_refused_before_anything_is_built():
     with pytest.raises(ValueError, match="model: unknown model 'vit_imaginary_patch3'"):
-        models.build_model(cfg, num_classes=10, in_chans=1)
+        load_preset("smoke", model="vit_imaginary_patch3")
 
 
 def test_pretrained_offline_gives_a_clear_error(monkeypatch):

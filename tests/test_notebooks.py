@@ -1,32 +1,69 @@
-"""The numbered notebooks: clean in git, run headlessly with injected parameters, fail loudly."""
+"""The numbered notebooks: clean in git, run headlessly with injected parameters, fail loudly, time out."""
 
+import base64
 import json
 import sys
+import time
 from pathlib import Path
 
 import nbformat
 import numpy as np
 import pandas as pd
 import pytest
+from nbformat.sign import NotebookNotary
 
 from effrank_utils.curves import effective_rank
-from effrank_utils.reproduce import NOTEBOOKS, main, run_notebooks
+from effrank_utils.reproduce import NOTEBOOKS, NotebookFailed, NotebookTimedOut, main, run_notebooks
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+ANALYSIS = NOTEBOOKS[-1]
+SMOKE = {"ranks": [1, 2, 4, 8, 16], "band": [0.8, 0.9]}
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 
 @pytest.fixture(scope="module")
 def kernel_env(tmp_path_factory):
-    """An 'effrank' kernelspec that runs this interpreter (what `make install` registers)."""
-    spec_dir = tmp_path_factory.mktemp("jupyter") / "kernels" / "effrank"
+    """An 'effrank' kernelspec that runs this interpreter (what `make install` registers), and a Jupyter data dir
+    of its own, so the notebooks are signed with a throwaway notary."""
+    root = tmp_path_factory.mktemp("jupyter")
+    spec_dir = root / "kernels" / "effrank"
     spec_dir.mkdir(parents=True)
     (spec_dir / "kernel.json").write_text(json.dumps({
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "Python (effrank)", "language": "python"}))
     mp = pytest.MonkeyPatch()
-    mp.setenv("JUPYTER_PATH", str(spec_dir.parents[1]))
-    yield
+    mp.setenv("JUPYTER_PATH", str(root))
+    mp.setenv("JUPYTER_DATA_DIR", str(root / "data"))
+    yield root / "data"
     mp.undo()
+
+
+def notebook_copy(tmp_path, edit):
+    """A folder with copies of the notebooks, ``edit(name, nb)`` applied to each (it changes ``nb`` in place)."""
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    for name in NOTEBOOKS:
+        nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+        edit(name, nb)
+        nbformat.write(nb, folder / name)
+    return folder
+
+
+def insert_cell(nb, index, source):
+    nb.cells.insert(index, nbformat.v4.new_code_cell(source))
+
+
+def panel_state(path):
+    """The executed analysis notebook's panel: the widget its last cell shows, and the image and text it holds."""
+    nb = nbformat.read(path, as_version=4)
+    last = [c for c in nb.cells if c.cell_type == "code"][-1]
+    shown = [o.data[WIDGET_VIEW]["model_id"] for o in last.outputs if WIDGET_VIEW in o.get("data", {})]
+    state = nb.metadata.widgets[WIDGET_STATE]["state"]
+    image = next(m for m in state.values() if m["model_name"] == "ImageModel")
+    png = next(base64.b64decode(b["data"]) for b in image["buffers"] if b["path"] == ["value"])
+    html = [m["state"]["value"] for m in state.values() if m["model_name"] == "HTMLModel"]
+    return shown, state, png, html
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -46,8 +83,7 @@ def test_notebooks_are_clean_and_parameterized(name):
 @pytest.fixture(scope="module")
 def smoke_run(kernel_env, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("smoke_run")
-    executed = run_notebooks("smoke", run_dir, {"ranks": [1, 2, 4, 8, 16], "band": [0.8, 0.9]},
-                             progress=False)
+    executed = run_notebooks("smoke", run_dir, SMOKE, progress=False)
     return run_dir, executed
 
 
@@ -86,7 +122,7 @@ def test_summary_matches_the_curve_analysis_of_the_csv(smoke_run):
 def test_rerun_resumes_instead_of_retraining(smoke_run, kernel_env):
     run_dir, _ = smoke_run
     before = (run_dir / "teacher.pt").stat().st_mtime_ns, (run_dir / "sweep.csv").read_text()
-    run_notebooks("smoke", run_dir, {"ranks": [1, 2, 4, 8, 16], "band": [0.8, 0.9]}, progress=False)
+    run_notebooks("smoke", run_dir, SMOKE, progress=False)
     after = (run_dir / "teacher.pt").stat().st_mtime_ns, (run_dir / "sweep.csv").read_text()
     assert before == after
 
@@ -97,13 +133,69 @@ def test_reproduce_refuses_bad_parameters_before_running(tmp_path, capsys):
     assert not (tmp_path / "smoke").exists()
 
 
-def test_reproduce_fails_loudly_when_a_notebook_fails(tmp_path, capsys, kernel_env):
-    # one rank is a valid config, but the analysis notebook needs at least two: it must fail visibly
-    code = main(["--preset", "smoke", "--results", str(tmp_path), "--set", "ranks=[2]"])
-    err = capsys.readouterr().err
-    assert code == 1
-    assert "03_effective_rank_analysis.ipynb failed in cell" in err and "at least 2 are needed" in err
-    assert not (tmp_path / "smoke" / "summary.json").exists()
+def test_executed_notebooks_are_trusted(smoke_run, kernel_env):
+    _, executed = smoke_run
+    notary = NotebookNotary()
+    assert Path(notary.data_dir) == kernel_env  # the test's own notary, not the user's
+    for path in executed:
+        assert notary.check_signature(nbformat.read(path, as_version=4)), path.name
+
+
+def test_analysis_panel_completes_headlessly_again_and_again(smoke_run):
+    """Notebook 03 used to hang now and then in its panel cell (jupyter/nbclient#312); run it three more times."""
+    run_dir, _ = smoke_run
+    for attempt in range(3):  # a stuck cell would raise NotebookTimedOut instead of blocking the suite
+        [path] = run_notebooks("smoke", run_dir, SMOKE, progress=False, notebooks=[ANALYSIS], cell_timeout=120)
+        shown, state, png, html = panel_state(path)
+        assert shown and state[shown[0]]["model_name"] == "VBoxModel", attempt
+        assert png.startswith(b"\x89PNG"), attempt  # the figure is saved in the widget state
+        assert any(text.startswith("Effective-rank region") for text in html), attempt
+
+
+def test_printed_sweep_rows_reach_the_terminal(kernel_env, tmp_path, capsys):
+    run_notebooks("smoke", tmp_path, {"ranks": [1, 4]}, notebooks=NOTEBOOKS[:2])  # progress on, as in `make`
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line for line in lines if line.startswith("[02_rank_sweep] rank ")]
+    assert [row.split(":")[0] for row in rows] == ["[02_rank_sweep] rank    1 seed 0", "[02_rank_sweep] rank    4 seed 0"]
+    assert all(": ok, final accuracy " in row for row in rows)
+    assert any(line.startswith("[01_train_teacher] teacher test accuracy: ") for line in lines)
+    assert lines.index(rows[-1]) < lines.index(f"[02_rank_sweep] 2 students in {tmp_path / 'sweep.csv'}")
+    assert not any("final_accuracy" in line or "student/s" in line for line in lines)  # no tables, no tqdm bars
+
+
+def test_reproduce_fails_loudly_when_a_notebook_fails(kernel_env, tmp_path):
+    def edit(name, nb):
+        if name == NOTEBOOKS[0]:  # right after the config is validated and saved
+            insert_cell(nb, 4, 'raise RuntimeError("the teacher cannot be trained here")')
+
+    folder = notebook_copy(tmp_path, edit)
+    with pytest.raises(NotebookFailed) as failed:
+        run_notebooks("smoke", tmp_path / "run", {}, notebook_dir=folder, progress=False)
+    executed = nbformat.read(tmp_path / "run" / "notebooks" / NOTEBOOKS[0], as_version=4)
+    [cell] = [c for c in executed.cells if "cannot be trained" in c.source]
+    assert cell.execution_count is not None
+    message = str(failed.value)
+    assert message.startswith(f"notebook {NOTEBOOKS[0]} failed in cell {cell.execution_count}: RuntimeError: "
+                              "the teacher cannot be trained here")
+    assert not (tmp_path / "run" / "notebooks" / NOTEBOOKS[1]).exists()  # the study stopped there
+
+
+def test_a_stuck_cell_times_out_with_a_clear_error(kernel_env, tmp_path):
+    def edit(name, nb):
+        if name == NOTEBOOKS[0]:
+            insert_cell(nb, 2, "import time\n\ntime.sleep(60)")
+
+    folder = notebook_copy(tmp_path, edit)
+    tic = time.monotonic()
+    with pytest.raises(NotebookTimedOut) as timed_out:
+        run_notebooks("smoke", tmp_path / "run", {}, notebook_dir=folder, progress=False, cell_timeout=3)
+    assert time.monotonic() - tic < 45
+    executed = nbformat.read(tmp_path / "run" / "notebooks" / NOTEBOOKS[0], as_version=4)
+    [cell] = [c for c in executed.cells if "time.sleep(60)" in c.source]
+    assert isinstance(timed_out.value, NotebookFailed)
+    assert str(timed_out.value).startswith(
+        f"notebook {NOTEBOOKS[0]} failed in cell {cell.execution_count}: CellTimeoutError: A cell timed out while it "
+        "was being executed, after 3 seconds.")
 
 
 def test_sweep_notebook_runs_on_ray(kernel_env, tmp_path):

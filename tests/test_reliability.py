@@ -25,14 +25,14 @@ COMPARED = ["rank", "seed", "status", "params", "final_accuracy", "best_accuracy
 
 
 def sweep_process(run_dir: Path, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "effrank_utils.sweep", "--run-dir", str(run_dir), *SETTINGS],
+    return subprocess.Popen([sys.executable, "-m", "effrank_utils", "sweep", "--run-dir", str(run_dir), *SETTINGS],
                             env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
 
 def run_to_end(run_dir: Path) -> str:
     proc = sweep_process(run_dir)
-    out, err = proc.communicate(timeout=300)
+    out, err = proc.communicate(timeout=1800)  # a guard against a hang, not a speed test
     assert proc.returncode == 0, err[-3000:]
     return err
 
@@ -65,10 +65,8 @@ def test_identical_runs_give_identical_tables(reference, tmp_path):
 def test_sigkill_then_resume_gives_the_uninterrupted_table(reference, tmp_path, pause_at):
     run_dir = tmp_path / "run"
     proc = sweep_process(run_dir, {"EFFRANK_PAUSE_AT": pause_at, "EFFRANK_PAUSE_DIR": str(tmp_path)})
-    deadline = time.monotonic() + 240
-    while not list(tmp_path.glob("*.paused")):
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "the fault point was never reached"
+    while not list(tmp_path.glob("*.paused")):  # no deadline: the process either pauses there or exits
+        assert proc.poll() is None, "the fault point was never reached: " + proc.communicate()[1][-3000:]
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -86,7 +84,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_table(reference, tmp_path, 
 
 def test_two_concurrent_sweeps_share_the_work(reference, tmp_path):
     first, second = sweep_process(tmp_path), sweep_process(tmp_path)
-    logs = [p.communicate(timeout=300)[1] for p in (first, second)]
+    logs = [p.communicate(timeout=1800)[1] for p in (first, second)]
     assert first.returncode == 0 and second.returncode == 0, logs
     pd.testing.assert_frame_equal(compared(tmp_path), reference)
     for task in ("r00001_s0", "r00002_s0", "r00004_s0"):

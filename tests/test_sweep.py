@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from effrank_utils import sweep
+from effrank_utils import run_folder, students, sweep
 from effrank_utils.presets import load_preset
 
 
@@ -15,7 +15,7 @@ def smoke():
 def test_sweep_writes_one_row_per_task(smoke, tmp_path):
     table = sweep.run_sweep(smoke.replace(seeds=[0, 1]), tmp_path)
     assert list(zip(table["rank"], table["seed"])) == [(1, 0), (1, 1), (2, 0), (2, 1), (4, 0), (4, 1)]
-    assert set(sweep.COLUMNS) <= set(table.columns)
+    assert set(run_folder.COLUMNS) <= set(table.columns)
     assert (table["status"] == "ok").all()
     assert table["final_accuracy"].between(0, 1).all() and (table["compression"] > 1).all()
     assert (table["init"] == "svd").all() and (table["loss"] == "kd").all()
@@ -23,7 +23,7 @@ def test_sweep_writes_one_row_per_task(smoke, tmp_path):
 
 
 def test_interrupted_sweep_resumes_without_redoing_tasks(smoke, tmp_path, monkeypatch):
-    real = sweep.train_students
+    real = students.train_students
     calls = []
 
     def second_task_crashes(config, teacher, data, tasks, **kwargs):
@@ -32,7 +32,7 @@ def test_interrupted_sweep_resumes_without_redoing_tasks(smoke, tmp_path, monkey
             raise RuntimeError("simulated crash in the second task")
         return real(config, teacher, data, tasks, **kwargs)
 
-    monkeypatch.setattr(sweep, "train_students", second_task_crashes)
+    monkeypatch.setattr(students, "train_students", second_task_crashes)
     with pytest.raises(RuntimeError, match="simulated crash"):
         sweep.run_sweep(smoke, tmp_path)
     assert pd.read_csv(tmp_path / "sweep.csv")["rank"].tolist() == [1]
@@ -59,8 +59,9 @@ def test_changed_config_on_the_same_run_is_refused(smoke, tmp_path):
 
 
 def test_ranks_above_the_layer_dimension_are_refused_before_training(tmp_path):
-    cfg = load_preset("smoke", model="vit_tiny_patch16_224", image_size=16, patch_size=4, ranks=[2, 500],
-                      teacher_epochs=1)
-    with pytest.raises(ValueError, match=r"ranks: \[500\] exceed .* allowed: 1\.\.192"):
-        sweep.run_sweep(cfg, tmp_path)
+    with pytest.raises(ValueError, match=r"ranks: \[500, 800\] exceed .* allowed: 1\.\.192"):
+        load_preset("smoke", model="vit_tiny_patch16_224", image_size=16, patch_size=4, ranks=[2, 500, 800])
+    cfg = load_preset("smoke", ranks=[1, 2])
+    with pytest.raises(ValueError, match=r"ranks: 32 exceeds the layer dimension; allowed: 1\.\.16"):
+        sweep.run_sweep(cfg, tmp_path, ranks=[1, 32])  # extra ranks are checked like the config's
     assert not (tmp_path / "sweep.csv").exists() and not (tmp_path / "teacher.pt").exists()

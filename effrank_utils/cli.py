@@ -1,0 +1,165 @@
+"""The ``effrank`` command: ``reproduce`` (the notebooks), ``sweep`` (no notebooks), ``analyze`` and ``lab``.
+
+A user error (a bad parameter, a run folder of another study, a damaged file) ends the command with one line
+on stderr and exit status 2, before any compute where it can be known then; Ctrl-C ends it with one line and
+status 130 (rerun the same command to resume); failed students make it end with status 1 and a list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .presets import PRESETS, parse_assignment
+from .run_folder import DEFAULT_RESULTS
+
+EXIT_USER_ERROR = 2
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def _study_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="demo", help=f"one of: {', '.join(PRESETS)} (default: demo)")
+    parser.add_argument("--results", default=DEFAULT_RESULTS, type=Path,
+                        help=f"results folder (default: {DEFAULT_RESULTS})")
+    parser.add_argument("--run-dir", type=Path, help="run folder (default: <results>/<preset>)")
+    parser.add_argument("--set", dest="overrides", action="append", type=parse_assignment, default=[],
+                        metavar="FIELD=VALUE", help="override a config field (repeatable), e.g. --set ranks=[1,2,4]")
+
+
+def _report_failures(run_dir: Path) -> int:
+    from .run_folder import read_sweep
+    from .sweep import failed_tasks
+    failed = failed_tasks(read_sweep(run_dir))
+    if not failed:
+        return 0
+    print(f"error: {len(failed)} student(s) failed (rerun the same command to train them again):", file=sys.stderr)
+    for line in failed:
+        print(f"  {line}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from .entry import open_study
+    from .reproduce import NotebookFailed, headline, run_notebooks
+    from .run_folder import remove_run_folder
+    overrides = dict(args.overrides)
+    config, run_dir = open_study(args.preset, overrides, args.run_dir, args.results)
+    run_dir = run_dir.resolve()
+    if args.fresh:
+        remove_run_folder(run_dir, args.results)
+    print(f"effrank: preset {config.preset!r} -> {run_dir}", flush=True)
+    try:
+        run_notebooks(config.preset, run_dir, overrides, kernel_name=args.kernel)
+    except NotebookFailed as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"\nresults: {run_dir}\n  notebooks/  executed notebooks\n  teacher.pt  teacher checkpoint\n"
+          f"  sweep.csv   one row per student\n  figures/    PNG and SVG figures\n  summary.json\n"
+          f"{headline(run_dir)}")
+    return _report_failures(run_dir)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .entry import open_study
+    from .sweep import run_sweep
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config, run_dir = open_study(args.preset, dict(args.overrides), args.run_dir, args.results)
+    table = run_sweep(config, run_dir)
+    print(table.drop(columns=["failure"]).to_string(index=False))
+    return _report_failures(run_dir)
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from .analysis import analyze, load_study, summary_text, write_summary
+    from .plotting import plot_effective_rank, save_figure
+    study = load_study(args.run_dir)
+    band = tuple(args.band) if args.band else study.config.band
+    reference = args.reference if args.reference is not None else study.config.reference
+    result = analyze(study, band, reference)
+    paths = save_figure(plot_effective_rank(study, result), study.run_dir, "effective_rank")
+    summary = write_summary(study, result, reference)
+    print(summary_text(study, result))
+    print("saved:", *paths, summary, sep="\n  ")
+    return 0
+
+
+def _reference(text: str) -> str | float:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _lab(args: argparse.Namespace) -> int:
+    command = [sys.executable, "-m", "jupyter", "lab", f"--notebook-dir={args.notebook_dir}"]
+    if os.geteuid() == 0:
+        command.append("--allow-root")
+    return subprocess.call(command + list(args.jupyter_args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``effrank`` argument parser with its subcommands."""
+    parser = argparse.ArgumentParser(prog="effrank", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    reproduce = commands.add_parser("reproduce", help="run the study's notebooks headlessly (papermill)",
+                                    description="Run notebooks 01 -> 02 -> 03 into <run folder>/notebooks; "
+                                                "rerunning resumes.")
+    _study_options(reproduce)
+    reproduce.add_argument("--fresh", action="store_true",
+                           help="delete the run folder first (only an effrank run folder inside --results)")
+    reproduce.add_argument("--kernel", default=None, help="Jupyter kernel (default: the notebooks' own, 'effrank')")
+    reproduce.set_defaults(run=_reproduce)
+
+    sweep = commands.add_parser("sweep", help="train the teacher (if needed) and the students, without notebooks",
+                                description="Several may run on one run folder at once: they share the work.")
+    _study_options(sweep)
+    sweep.set_defaults(run=_sweep)
+
+    analyze = commands.add_parser("analyze", help="region, knee, summary.json and figure of a run folder")
+    analyze.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    analyze.add_argument("--band", type=float, nargs=2, metavar=("LO", "HI"),
+                         help="fractions of the reference accuracy (default: the study's, e.g. 0.85 0.95)")
+    analyze.add_argument("--reference", type=_reference, default=None,
+                         help="teacher, best_student or a number (default: the study's)")
+    analyze.set_defaults(run=_analyze)
+
+    lab = commands.add_parser("lab", help="open JupyterLab on the notebooks")
+    lab.add_argument("--notebook-dir", type=Path, default=NOTEBOOKS, help=f"default: {NOTEBOOKS}")
+    lab.add_argument("jupyter_args", nargs=argparse.REMAINDER, help="passed on to jupyter lab")
+    lab.set_defaults(run=_lab)
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .data import DatasetNotAvailable
+    from .models import WeightsNotAvailable
+    return ValueError, FileNotFoundError, DatasetNotAvailable, WeightsNotAvailable
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``effrank`` command; returns its exit status."""
+    args = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted; rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

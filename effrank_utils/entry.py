@@ -1,0 +1,18 @@
+"""From what a user typed (notebook parameters, command-line options) to a validated config and its run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .config import StudyConfig
+from .presets import load_preset
+from .run_folder import DEFAULT_RESULTS, default_run_dir
+
+
+def open_study(preset: str, overrides: dict[str, Any] | None = None, run_dir: str | Path | None = None,
+               results: str | Path = DEFAULT_RESULTS) -> tuple[StudyConfig, Path]:
+    """The validated config of ``preset`` with ``overrides``, and its run folder: ``run_dir`` if given, else
+    ``<results>/<preset>``. Every field is checked before anything is computed."""
+    config = load_preset(preset, overrides)
+    return config, Path(run_dir) if run_dir else default_run_dir(config.preset, results)

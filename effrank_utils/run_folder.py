@@ -1,0 +1,279 @@
+"""The run folder: its layout, the identity of the study it holds, its task rows and ``sweep.csv``.
+
+Layout::
+
+    config.json            written by effrank: the study's config, data fingerprint and identity
+    teacher.pt             teacher weights + the config and data fingerprint that made them
+    teacher.json           teacher status and accuracy (for people); teacher_metrics.csv: per-epoch metrics
+    teacher.state.pt       resumable checkpoint while the teacher trains; teacher.lock: held while it trains
+    tasks/<task>.json      one finished task's row (the source of truth), stamped with the study identity
+    tasks/<task>.lock      held while a process trains that task
+    tasks/state_*.pt       resumable checkpoint of a group of students being trained
+    teacher_cache/         fp16 teacher logits per epoch (``cache_teacher``)
+    sweep.csv              all finished rows, sorted by (rank, seed), rebuilt atomically after every task
+    summary.json           the analysis; figures/: PNG and SVG; notebooks/: executed notebooks
+
+A study's *identity* is a digest of the fields that define the teacher and the students plus a fingerprint of
+the data's content. A folder, a teacher checkpoint or a row made under another identity is never counted as
+this study's: it is refused with a message naming what differs.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import __version__
+from .config import STUDY_FIELDS, TEACHER_FIELDS, StudyConfig, config_from_json, diff
+from .storage import (CorruptFile, ensure_writable_dir, file_lock, load_checkpoint, quarantine, read_json,
+                      remove_stale_temporaries, write_json, write_text)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RESULTS = Path("results")
+CONFIG_JSON = "config.json"
+SWEEP_CSV = "sweep.csv"
+SUMMARY_JSON = "summary.json"
+TASK_DIR = "tasks"
+TEACHER_FILE = "teacher.pt"
+TEACHER_JSON = "teacher.json"
+TEACHER_STATE_FILE = "teacher.state.pt"
+TEACHER_METRICS_CSV = "teacher_metrics.csv"
+TEACHER_LOCK = "teacher.lock"
+TEACHER_CACHE_DIR = "teacher_cache"
+FIGURE_DIR = "figures"
+NOTEBOOK_DIR = "notebooks"
+WRITTEN_BY = "effrank"
+WORKER_FAILURE = "worker failed"
+COLUMNS = ("rank", "seed", "status", "params", "teacher_params", "compression", "final_accuracy",
+           "best_accuracy", "best_epoch", "zero_shot_accuracy", "epochs", "init", "loss", "seconds", "failure")
+TASK_FILE = re.compile(r"r(\d+)_s(\d+)\.json")
+
+
+@dataclass(frozen=True, order=True)
+class Task:
+    """One student: a rank and a seed."""
+
+    rank: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"r{self.rank:05d}_s{self.seed}"
+
+
+def default_run_dir(preset: str, results: str | Path = DEFAULT_RESULTS) -> Path:
+    """``<results>/<preset>``; ``preset`` must be a plain name (it is a validated preset name)."""
+    if not preset or preset in (".", "..") or Path(preset).name != preset:
+        raise ValueError(f"preset: {preset!r} cannot name a run folder")
+    return Path(results) / preset
+
+
+# ------------------------------------------------------------------------------------------------- identity
+def study_identity(config: StudyConfig, data_fingerprint: str, names: tuple[str, ...] = STUDY_FIELDS) -> str:
+    """A digest of the fields ``names`` of ``config`` and of the data's content fingerprint."""
+    values = {n: list(v) if isinstance(v := getattr(config, n), tuple) else v for n in names}
+    text = json.dumps({"fields": values, "data": data_fingerprint}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def check_same_study(where: str, saved_config: dict, saved_fingerprint: str | None, config: StudyConfig,
+                     data_fingerprint: str, names: tuple[str, ...] = STUDY_FIELDS) -> None:
+    """Refuse ``where`` (a folder or file) if it was made with other values of ``names`` or other data."""
+    mismatch = diff(saved_config, config.to_dict(), names)
+    if mismatch:
+        details = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in mismatch.items())
+        raise ValueError(f"{where} holds a study with a different config ({details}). Use a new run directory "
+                         "(or --fresh) instead of mixing results.")
+    if saved_fingerprint != data_fingerprint:
+        raise ValueError(f"{where} was made from different data (data fingerprint saved {saved_fingerprint}, now "
+                         f"{data_fingerprint}; data_root {saved_config.get('data_root')!r} then, "
+                         f"{config.data_root!r} now). Use a new run directory (or --fresh) instead of mixing "
+                         "results.")
+
+
+# ------------------------------------------------------------------------------------------------ the folder
+def read_record(run_dir: str | Path) -> dict:
+    """The content of ``config.json``; refuses a file that effrank did not write."""
+    path = Path(run_dir) / CONFIG_JSON
+    record = read_json(path, "delete the run folder's config.json only if you are sure the folder holds this "
+                             "study, or use a new run directory")
+    if not isinstance(record, dict) or record.get("written_by") != WRITTEN_BY or "config" not in record:
+        raise CorruptFile(f"{path}: not a config.json written by this version of effrank; use a new run directory")
+    return record
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder holding a ``config.json`` written by effrank."""
+    try:
+        read_record(path)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _teacher_record(run_dir: Path) -> dict | None:
+    """The config and data fingerprint of the run folder's teacher (finished or in training), if it has one."""
+    what_to_do = "delete teacher.json and teacher.pt to train the teacher again"
+    if (run_dir / TEACHER_JSON).exists():
+        return read_json(run_dir / TEACHER_JSON, what_to_do)
+    if (run_dir / TEACHER_FILE).exists():
+        payload = load_checkpoint(run_dir / TEACHER_FILE, what_to_do=what_to_do)
+        return {"config": json.loads(payload.get("config", "{}")), "data_fingerprint": payload.get("data_fingerprint")}
+    return None
+
+
+def prepare_run(config: StudyConfig, run_dir: str | Path, data_fingerprint: str) -> Path:
+    """Check that ``run_dir`` is writable and either new or made by the same study -- its ``config.json``, its
+    teacher and its rows, all before anything is written --; clean up what an interrupted write left; save
+    ``config.json``.
+
+    Ranks, seeds, band, reference and execution settings may change between runs of one study (a sweep can be
+    extended); the fields that define the teacher and the students, and the data, may not.
+    """
+    run_dir = ensure_writable_dir(run_dir)
+    if (run_dir / CONFIG_JSON).exists():
+        record = read_record(run_dir)
+        check_same_study(f"run_dir: {run_dir}", record["config"], record.get("data_fingerprint"), config,
+                         data_fingerprint)
+    teacher = _teacher_record(run_dir)
+    if teacher is not None:
+        check_same_study(f"run_dir: {run_dir} (its teacher)", teacher.get("config", {}),
+                         teacher.get("data_fingerprint"), config, data_fingerprint, TEACHER_FIELDS)
+    check_rows(run_dir, study_identity(config, data_fingerprint))
+    remove_stale_temporaries(run_dir)
+    write_record(run_dir, config, data_fingerprint)
+    return run_dir
+
+
+def write_record(run_dir: str | Path, config: StudyConfig, data_fingerprint: str) -> Path:
+    """Write ``config.json``: who wrote it, the config, the data fingerprint and the study identity."""
+    return write_json(Path(run_dir) / CONFIG_JSON, {
+        "written_by": WRITTEN_BY, "version": __version__, "identity": study_identity(config, data_fingerprint),
+        "data_fingerprint": data_fingerprint, "config": config.to_dict()})
+
+
+def load_run_config(run_dir: str | Path) -> StudyConfig:
+    """The config saved in a run directory."""
+    return config_from_json(read_record(run_dir)["config"])
+
+
+def remove_run_folder(run_dir: str | Path, results: str | Path) -> None:
+    """Delete ``run_dir`` (``--fresh``) only if it is an effrank run folder inside ``results``."""
+    run_dir, results = Path(run_dir).resolve(), Path(results).resolve()
+    if not run_dir.exists():
+        return
+    if results not in run_dir.parents:
+        raise ValueError(f"--fresh: {run_dir} is not inside the results folder {results}; refusing to delete it "
+                         "(delete it yourself if you mean to)")
+    if not is_run_folder(run_dir):
+        raise ValueError(f"--fresh: {run_dir} is not an effrank run folder (it has no config.json written by "
+                         "effrank); refusing to delete it")
+    shutil.rmtree(run_dir)
+
+
+# ---------------------------------------------------------------------------------------------------- rows
+def task_path(run_dir: str | Path, task: Task) -> Path:
+    return Path(run_dir) / TASK_DIR / f"{task.name}.json"
+
+
+def _row_problem(row: Any, task: Task) -> str | None:
+    if not isinstance(row, dict) or not {"rank", "seed", "status"} <= set(row):
+        return "not a task row (it needs rank, seed and status)"
+    if (row["rank"], row["seed"]) != (task.rank, task.seed):
+        return f"it holds rank {row['rank']} seed {row['seed']} but its name says rank {task.rank} seed {task.seed}"
+    return None
+
+
+def read_row(run_dir: str | Path, task: Task) -> dict | None:
+    """A task's row, or None if it has none. A damaged row, or one whose content disagrees with its file name,
+    is moved aside (``*.corrupt``) with a warning, so that the task is trained again."""
+    path = task_path(run_dir, task)
+    if not path.exists():
+        return None
+    try:
+        row = read_json(path)
+        problem = _row_problem(row, task)
+    except CorruptFile as exc:
+        problem = str(exc)
+    if problem is None:
+        return row
+    moved = quarantine(path)
+    log.warning("%s: %s; moved aside to %s, the task will be trained again", path, problem, moved.name)
+    return None
+
+
+def write_row(run_dir: str | Path, task: Task, row: dict) -> Path:
+    """Write a task's row (atomically)."""
+    return write_json(task_path(run_dir, task), row)
+
+
+def swept_tasks(run_dir: str | Path) -> list[Task]:
+    """Every task that has a row file, sorted by (rank, seed)."""
+    found = (TASK_FILE.fullmatch(p.name) for p in (Path(run_dir) / TASK_DIR).glob("r*_s*.json"))
+    return sorted(Task(int(m[1]), int(m[2])) for m in found if m)
+
+
+def check_row_identity(run_dir: str | Path, row: dict, identity: str) -> None:
+    """Refuse a trained row made under another study identity (other settings or data)."""
+    if row.get("status") == "failed" and str(row.get("failure") or "").startswith(WORKER_FAILURE):
+        return  # a placeholder for a task whose worker died: it is trained again anyway
+    if row.get("identity") != identity:
+        path = task_path(run_dir, Task(row["rank"], row["seed"]))
+        raise ValueError(f"run_dir: {path} was trained under other settings or data than this study (identity "
+                         f"{row.get('identity')}, this study {identity}): a field that defines the teacher or "
+                         "the students, or the data, changed. Use a new run directory (or --fresh) instead of "
+                         "mixing results.")
+
+
+def check_rows(run_dir: str | Path, identity: str) -> None:
+    """Refuse a run folder holding rows of another study identity (before any compute)."""
+    for task in swept_tasks(run_dir):
+        row = read_row(run_dir, task)
+        if row is not None:
+            check_row_identity(run_dir, row, identity)
+
+
+def finished_row(run_dir: str | Path, task: Task, identity: str) -> dict | None:
+    """The task's row if it is finished under this identity (a row whose worker died does not count)."""
+    row = read_row(run_dir, task)
+    if row is None or str(row.get("failure") or "").startswith(WORKER_FAILURE):
+        return None
+    check_row_identity(run_dir, row, identity)
+    return row
+
+
+def finished_rows(run_dir: str | Path) -> list[dict]:
+    """Rows of every task with a (readable) row, sorted by (rank, seed)."""
+    rows = (read_row(run_dir, task) for task in swept_tasks(run_dir))
+    return [row for row in rows if row is not None]
+
+
+def write_sweep_csv(run_dir: str | Path) -> Path:
+    """Rebuild ``sweep.csv`` from the task rows (atomic; serialized between processes)."""
+    run_dir = Path(run_dir)
+    with file_lock(run_dir / TASK_DIR / "sweep.lock"):
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for row in finished_rows(run_dir):
+            writer.writerow({k: row.get(k) for k in COLUMNS})
+        return write_text(run_dir / SWEEP_CSV, out.getvalue())
+
+
+def read_sweep(run_dir: str | Path) -> pd.DataFrame:
+    """``sweep.csv`` as a DataFrame (empty with the right columns if nothing has finished)."""
+    path = Path(run_dir) / SWEEP_CSV
+    if not path.exists():
+        return pd.DataFrame(columns=list(COLUMNS))
+    return pd.read_csv(path)

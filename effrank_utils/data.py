@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .seeds import derive_seed
 from .storage import atomic_write
 
 if TYPE_CHECKING:
@@ -385,7 +386,7 @@ class Batch:
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """A CPU generator whose stream depends only on ``(seed, epoch)``."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2 ** 63))
+    return torch.Generator().manual_seed(derive_seed(seed, epoch))
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ def test_ray_sweep_equals_the_local_sweep(smoke, local_table, tmp_path, fresh_ra
     table = sweep.run_sweep(smoke.replace(executor="ray", workers=2), tmp_path)
     pd.testing.assert_frame_equal(table[COMPARED], local_table)
     assert (tmp_path / "sweep.csv").read_text().count("\n") == 6 + 1
+    assert not ray.is_initialized()  # the Ray the sweep started is stopped cleanly with it, not at exit
 
 
 def test_killed_ray_worker_is_retried_and_every_task_lands_once(smoke, local_table, tmp_path, monkeypatch,

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .data import BatchPipeline
-from .storage import load_checkpoint, save_checkpoint
+from .storage import CorruptFile, load_checkpoint, quarantine, save_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 def cache_key(teacher: nn.Module, pipeline: BatchPipeline, seed: int) -> str:
@@ -58,8 +61,12 @@ class TeacherLogitCache:
         self._epoch, self._logits, self._filled, self._complete = epoch, None, 0, False
         path = self._path(epoch)
         if path.exists():
-            self._logits = load_checkpoint(path, map_location=device)["logits"]
-            self._complete = True
+            try:
+                self._logits = load_checkpoint(path, map_location=device)["logits"]
+                self._complete = True
+            except (CorruptFile, KeyError) as exc:  # recomputed by this epoch's students
+                log.warning("%s: damaged teacher-logit cache (%s); moved aside to %s, it is computed again", path,
+                            exc, quarantine(path).name)
 
     def lookup(self, epoch: int, index: torch.Tensor) -> torch.Tensor | None:
         """The cached fp16 logits of these samples in this epoch, or None if the epoch is not cached."""

@@ -66,6 +66,18 @@ def test_teacher_cache_fills_once_and_then_replaces_the_teacher(setup, tmp_path,
     assert stored.dtype == torch.float16 and stored.shape == (data.train_labels.numel(), 10)
 
 
+def test_damaged_teacher_cache_is_moved_aside_and_rebuilt(setup, tmp_path):
+    cfg, data, teacher = setup
+    cfg = cfg.replace(cache_teacher=True)
+    first = train_students(cfg, teacher, data, [Task(2, 0)], cache_dir=tmp_path)
+    (damaged,) = sorted(tmp_path.rglob("epoch_*.pt"))[:1]
+    damaged.write_bytes(b"not a checkpoint")
+    again = train_students(cfg, teacher, data, [Task(2, 0)], cache_dir=tmp_path)
+    assert again[0]["final_accuracy"] == first[0]["final_accuracy"]
+    assert damaged.with_name(damaged.name + ".corrupt").exists()
+    assert torch.load(damaged, weights_only=True)["logits"].dtype == torch.float16  # rebuilt
+
+
 def test_cache_key_changes_with_teacher_data_and_augmentation(setup):
     cfg, data, teacher = setup
     pipeline = pipeline_for(cfg, data, 64)

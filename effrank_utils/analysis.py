@@ -81,9 +81,13 @@ def analyze(study: Study, band: Sequence[float] = (0.85, 0.95), reference: str |
 
 
 def region_facts(study: Study, result: EffectiveRankResult) -> dict:
-    """Region, knee and the parameter count / compression at both ends of the region (where crossed)."""
+    """Region, knee and the parameter count / compression at both ends of the region (where crossed).
+
+    ``knee`` is the rank rounded to 2 decimals, or ``None`` where undefined (``knee_status`` says why).
+    """
     facts = {"region_low": result.low.describe(), "region_high": result.high.describe(),
-             "knee": round(result.knee, 2), "reference": result.reference, "band": list(result.band)}
+             "knee": None if result.knee is None else round(result.knee, 2), "knee_status": result.knee_status,
+             "reference": result.reference, "band": list(result.band)}
     for end, crossing in (("low", result.low), ("high", result.high)):
         if crossing.rank is not None:
             facts[f"params_at_{end}"] = round(study.params_at(crossing.rank))
@@ -91,22 +95,37 @@ def region_facts(study: Study, result: EffectiveRankResult) -> dict:
     return facts
 
 
+INTERVAL_LABELS = {"region_low": "r_lo", "region_high": "r_hi", "knee": "knee"}
+
+
 def summary_text(study: Study, result: EffectiveRankResult) -> str:
-    """One paragraph for people: region, knee and what the region costs in parameters."""
+    """One paragraph for people: region, knee (or why it is undefined), what the region costs in parameters and,
+    with several seeds, the bootstrap intervals (a censored one says in how many resamples its level was missed)."""
     f = region_facts(study, result)
     text = (f"Effective-rank region [{f['region_low']}, {f['region_high']}] for {result.band[0]:.0%}-"
-            f"{result.band[1]:.0%} of reference accuracy {result.reference:.4f}; effective knee {f['knee']:.2f}.")
+            f"{result.band[1]:.0%} of reference accuracy {result.reference:.4f}; effective knee "
+            f"{result.describe_knee()}.")
     for end in ("low", "high"):
         if f"params_at_{end}" in f:
             text += (f" At r_{end} = {getattr(result, 'region_' + end):.2f}: {f[f'params_at_{end}']:,} parameters "
                      f"({f[f'compression_at_{end}']:.2f}x compression).")
+    if result.intervals:
+        text += " 95% bootstrap over seeds: " + "; ".join(
+            f"{INTERVAL_LABELS.get(name, name)} {interval.describe()}" for name, interval in result.intervals.items()
+        ) + "."
     if len(study.failed):
         text += f" {len(study.failed)} failed student(s) excluded."
     return text
 
 
 def summary(study: Study, result: EffectiveRankResult, reference: str | float) -> dict:
-    """The JSON-ready record of a study's result (``summary.json``)."""
+    """The JSON-ready record of a study's result (``summary.json``).
+
+    ``knee`` is ``None`` where undefined, with ``knee_status`` saying why. ``intervals`` (with several seeds) maps
+    ``region_low``/``region_high``/``knee`` to ``low``, ``high``, ``reached`` (share of bootstrap resamples in which
+    the level was reached / the knee defined), ``censored`` (``reached`` below 95%), ``resamples``, the shares
+    missing by why, and ``describe``.
+    """
     fitted = result.to_dict()
     return {
         "preset": study.config.preset,
@@ -117,8 +136,9 @@ def summary(study: Study, result: EffectiveRankResult, reference: str | float) -
         "band": list(result.band),
         "region_low": fitted["region_low"],
         "region_high": fitted["region_high"],
-        "knee": result.knee,
-        "intervals": fitted["intervals"],
+        "knee": result.knee,                 # None where undefined
+        "knee_status": result.knee_status,   # "defined" or "undefined: <why>"
+        "intervals": fitted["intervals"],    # name -> {low, high, reached, censored, resamples, ..., describe}
         "facts": region_facts(study, result),
         "failed_students": len(study.failed),
         "table": study.table.replace({np.nan: None}).to_dict(orient="records"),

@@ -65,7 +65,9 @@ def plot_effective_rank(study: "Study", result: EffectiveRankResult, log_x: bool
     """The study's figure: points (with seed spread), monotone PCHIP fit, band, region, knee and secant.
 
     Left axis: accuracy normalized by the reference; right axis: absolute accuracy; top axis: compression.
-    ``log_x`` changes only the display; the knee is defined on the linear rank axis.
+    ``log_x`` changes only the display; the knee is defined on the linear rank axis. An undefined knee draws no
+    diamond and says so in the legend. Bootstrap intervals (several seeds) are horizontal bars at their level;
+    a censored one is dashed and annotated with the share of resamples that missed the level.
     """
     fig, ax = plt.subplots(figsize=(8, 4.8))
     ref = result.reference
@@ -85,8 +87,12 @@ def plot_effective_rank(study: "Study", result: EffectiveRankResult, log_x: bool
                         xytext=(4, -12), fontsize=8, color="C2")
     if result.low.status == CROSSED and result.high.status == CROSSED:
         ax.axvspan(result.low.rank, result.high.rank, color="C2", alpha=0.08)
-    ax.plot([result.knee], [result.curve(result.knee)], "D", color="C3", ms=8, zorder=4,
-            label=f"knee r={result.knee:.1f}")
+    if result.knee is not None:
+        ax.plot([result.knee], [result.curve(result.knee)], "D", color="C3", ms=8, zorder=4,
+                label=f"knee r={result.knee:.1f}")
+    else:
+        ax.plot([], [], " ", label=f"knee {result.knee_status}")
+    _intervals(ax, result)
     ax.set(xlabel="rank r", ylabel=f"accuracy / reference ({ref:.4f})",
            title=f"{study.config.preset}: {study.config.model} on {study.config.dataset} "
                  f"({study.config.init} init, {study.config.loss} loss)")
@@ -100,6 +106,36 @@ def plot_effective_rank(study: "Study", result: EffectiveRankResult, log_x: bool
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+INTERVAL_NAMES = {"region_low": "r_lo", "region_high": "r_hi", "knee": "knee"}
+
+
+def _intervals(ax: plt.Axes, result: EffectiveRankResult) -> None:
+    """Bootstrap intervals as bars at their level (the knee's at its height); censored ones dashed and annotated."""
+    if not result.intervals:
+        return
+    heights = {"region_low": result.band[0], "region_high": result.band[1]}
+    if result.knee is not None:
+        heights["knee"] = float(result.curve(result.knee))
+    labelled: set[bool] = set()
+    for name, y in heights.items():
+        interval = result.intervals.get(name)
+        if interval is None:
+            continue
+        color = "C3" if name == "knee" else "C2"
+        if interval.low is not None:
+            label = None
+            if interval.censored not in labelled:
+                labelled.add(interval.censored)
+                label = ("95% bootstrap interval, censored (dashed)" if interval.censored
+                         else "95% bootstrap interval")
+            ax.hlines(y, interval.low, interval.high, colors=color, lw=4, alpha=0.45, zorder=2, label=label,
+                      linestyles="--" if interval.censored else "-")
+        if interval.censored:
+            x = interval.high if interval.high is not None else result.ranks[-1]
+            ax.annotate(f"{INTERVAL_NAMES.get(name, name)} {interval.describe()}", (x, y), textcoords="offset points",
+                        xytext=(0, 5), ha="right", fontsize=7, color=color)
 
 
 def _compression_axis(ax: plt.Axes, study: "Study", log_x: bool, max_ticks: int = 8) -> None:

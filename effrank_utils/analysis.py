@@ -160,3 +160,15 @@ def sensitivity(study: Study, bands: Sequence[Sequence[float]] = ((0.85, 0.95), 
         refs[label] = study.teacher_accuracy + offset
     refs["best student"] = "best_student"
     return pd.DataFrame(sensitivity_table(study.ranks, study.accuracy, refs, bands))
+
+
+def headline(run_dir: str | Path) -> str:
+    """The study's result in one line, from its ``summary.json``."""
+    summary = read_json(Path(run_dir) / SUMMARY_JSON)
+    facts, estimator, reference = summary["facts"], summary["estimator"], summary["reference"]
+    lo, hi = summary["band"]
+    knee = f"knee {summary['knee']:.2f}" if summary["knee"] is not None else f"knee {summary['knee_status']}"
+    censored = [i["describe"] for i in (summary["intervals"] or {}).values() if i["censored"]]
+    return (f"effective-rank region [{facts['region_low']}, {facts['region_high']}] ({lo:.0%}-{hi:.0%} of "
+            f"{reference['kind']} accuracy {reference['accuracy']:.4f}), {knee}; estimator: {estimator['init']} init, "
+            f"{estimator['loss']} loss, {estimator['student_epochs']} epochs" + "".join(f"; {c}" for c in censored))

@@ -46,8 +46,9 @@ def _report_failures(run_dir: Path) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
+    from .analysis import headline
     from .entry import open_study
-    from .reproduce import NotebookFailed, headline, run_notebooks
+    from .reproduce import NotebookFailed, run_notebooks
     from .run_folder import remove_run_folder
     overrides = dict(args.overrides)
     config, run_dir = open_study(args.preset, overrides, args.run_dir, args.results)

@@ -35,8 +35,17 @@ import pandas as pd
 
 from . import __version__
 from .config import STUDY_FIELDS, TEACHER_FIELDS, StudyConfig, config_from_json, diff
-from .storage import (CorruptFile, ensure_writable_dir, file_lock, load_checkpoint, quarantine, read_json,
-                      remove_stale_temporaries, write_json, write_text)
+from .storage import (
+    CorruptFile,
+    ensure_writable_dir,
+    file_lock,
+    load_checkpoint,
+    quarantine,
+    read_json,
+    remove_stale_temporaries,
+    write_json,
+    write_text,
+)
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,17 @@ from .data import ImageData, load_data_for
 from .executors import make_executor, threads_per_task, train_group
 from .models import rank_limit
 from .refine import next_ranks
-from .run_folder import (TASK_DIR, WORKER_FAILURE, Task, finished_row, read_row, read_sweep, study_identity,
-                         write_row, write_sweep_csv)
+from .run_folder import (
+    TASK_DIR,
+    WORKER_FAILURE,
+    Task,
+    finished_row,
+    read_row,
+    read_sweep,
+    study_identity,
+    write_row,
+    write_sweep_csv,
+)
 from .students import run_group
 from .teacher import Teacher, train_teacher
 

@@ -21,8 +21,15 @@ from torch import nn
 from .config import TEACHER_FIELDS, StudyConfig
 from .data import Batch, ImageData, load_data_for, pipeline_for
 from .models import build_model, resolve_device
-from .run_folder import (TEACHER_FILE, TEACHER_JSON, TEACHER_LOCK, TEACHER_METRICS_CSV, TEACHER_STATE_FILE,
-                         check_same_study, prepare_run)
+from .run_folder import (
+    TEACHER_FILE,
+    TEACHER_JSON,
+    TEACHER_LOCK,
+    TEACHER_METRICS_CSV,
+    TEACHER_STATE_FILE,
+    check_same_study,
+    prepare_run,
+)
 from .storage import CorruptFile, file_lock, load_checkpoint, read_json, save_checkpoint, write_json, write_text
 from .training import fit, recipe_for
 

@@ -14,8 +14,17 @@ from torchvision import datasets
 from torchvision.datasets import cifar as cifar_module
 
 import effrank_utils.data as data_module
-from effrank_utils.data import (DATASETS, BatchPipeline, CorruptImage, DatasetNotAvailable, ImageData,
-                                check_source, dataset_channels, dataset_classes, load_data)
+from effrank_utils.data import (
+    DATASETS,
+    BatchPipeline,
+    CorruptImage,
+    DatasetNotAvailable,
+    ImageData,
+    check_source,
+    dataset_channels,
+    dataset_classes,
+    load_data,
+)
 
 
 def test_digits_split_is_fixed_and_stratified():

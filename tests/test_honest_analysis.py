@@ -10,8 +10,14 @@ import pytest
 from matplotlib.lines import Line2D
 
 from effrank_utils import analysis
-from effrank_utils.curves import (CENSORED_BELOW, KNEE_DEFINED, KNEE_NOT_ABOVE_SECANT, KNEE_TOO_FEW_RANKS,
-                                  effective_rank, sensitivity_table)
+from effrank_utils.curves import (
+    CENSORED_BELOW,
+    KNEE_DEFINED,
+    KNEE_NOT_ABOVE_SECANT,
+    KNEE_TOO_FEW_RANKS,
+    effective_rank,
+    sensitivity_table,
+)
 from effrank_utils.plotting import plot_effective_rank
 from effrank_utils.presets import load_preset
 from effrank_utils.refine import next_ranks
@@ -176,7 +182,8 @@ def test_interval_of_a_level_missed_in_most_resamples_is_censored():
     assert (high["low"], high["high"]) == pytest.approx((22.42, 27.69), abs=0.01)
     assert high["describe"].startswith("censored: > 32 in 71% of resamples")
     low = res.to_dict()["intervals"]["region_low"]
-    assert low["reached"] == 1.0 and low["censored"] is False and low["describe"] == f"[{low['low']:.2f}, {low['high']:.2f}]"
+    assert low["reached"] == 1.0 and low["censored"] is False
+    assert low["describe"] == f"[{low['low']:.2f}, {low['high']:.2f}]"
     lo, hi = res.intervals["region_high"]  # the (low, high) pair, as the tuple of old
     assert (lo, hi) == res.intervals["region_high"].pair == (high["low"], high["high"])
     assert "region_high censored: > 32 in 71% of resamples" in res.summary()

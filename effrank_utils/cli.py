@@ -48,7 +48,7 @@ def _report_failures(run_dir: Path) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     from .analysis import headline
     from .entry import open_study
-    from .reproduce import NotebookFailed, run_notebooks
+    from .reproduce import CELL_TIMEOUTS, NotebookFailed, run_notebooks
     from .run_folder import remove_run_folder
     overrides = dict(args.overrides)
     config, run_dir = open_study(args.preset, overrides, args.run_dir, args.results)
@@ -57,7 +57,8 @@ def _reproduce(args: argparse.Namespace) -> int:
         remove_run_folder(run_dir, args.results)
     print(f"effrank: preset {config.preset!r} -> {run_dir}", flush=True)
     try:
-        run_notebooks(config.preset, run_dir, overrides, kernel_name=args.kernel)
+        timeout = CELL_TIMEOUTS if args.cell_timeout is None else (args.cell_timeout or None)
+        run_notebooks(config.preset, run_dir, overrides, kernel_name=args.kernel, cell_timeout=timeout)
     except NotebookFailed as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -118,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--fresh", action="store_true",
                            help="delete the run folder first (only an effrank run folder inside --results)")
     reproduce.add_argument("--kernel", default=None, help="Jupyter kernel (default: the notebooks' own, 'effrank')")
+    reproduce.add_argument("--cell-timeout", type=int, default=None, metavar="SECONDS",
+                           help="stop a notebook cell that runs longer (0: no limit; default: 2 h for the teacher "
+                                "and sweep notebooks, 10 min for the analysis)")
     reproduce.set_defaults(run=_reproduce)
 
     sweep = commands.add_parser("sweep", help="train the teacher (if needed) and the students, without notebooks",

@@ -1,27 +1,19 @@
-"""Run the whole study headlessly: notebooks 01 -> 02 -> 03 with papermill into ``results/<preset>/``.
-
-    python -m effrank_utils.reproduce --preset demo [--set student_epochs=5 --set ranks=[1,2,4]] [--fresh]
-
-The config is validated before anything runs. A failing notebook stops the run with a non-zero exit status and
-its error; the executed notebook (with the failing cell) is kept in ``<run_dir>/notebooks/``.
+"""Run the study's notebooks headlessly (01 -> 02 -> 03, papermill) into ``<run folder>/notebooks``; what
+``effrank reproduce`` calls. A failing or stuck notebook raises :class:`NotebookFailed` naming it and the cell;
+the executed notebook (with the failing cell) is kept.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
-import json
 import logging
 import re
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from tqdm import tqdm
-
-from .presets import PRESETS, load_preset, parse_assignment
 
 NOTEBOOKS = ("01_train_teacher.ipynb", "02_rank_sweep.ipynb", "03_effective_rank_analysis.ipynb")
 DEFAULT_NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
@@ -43,10 +35,12 @@ class NotebookFailed(RuntimeError):
         self.notebook = notebook
 
 
-#: Per-cell limit of :func:`run_notebooks`: generous, since notebook 01 trains the teacher and notebook 02 all the
-#: students in one cell each (minutes for ``demo``, under an hour for ``cifar10-cpu``); a stuck cell fails instead of
-#: waiting forever. Multi-hour GPU runs (the ``paper`` preset) need ``cell_timeout=None``.
-DEFAULT_CELL_TIMEOUT = 2 * 3600
+#: Per-cell limits of :func:`run_notebooks`, in seconds, by notebook: generous where one cell trains the teacher
+#: (01) or every student (02) -- minutes for ``demo``, under an hour for ``cifar10-cpu``; short for the analysis (03).
+#: A stuck cell fails instead of waiting forever. Multi-hour GPU runs (the ``paper`` preset) need a larger limit
+#: (``effrank reproduce --cell-timeout``) or none.
+CELL_TIMEOUTS = {"01_train_teacher.ipynb": 2 * 3600, "02_rank_sweep.ipynb": 2 * 3600,
+                 "03_effective_rank_analysis.ipynb": 600}
 
 
 class NotebookTimedOut(NotebookFailed):
@@ -102,12 +96,14 @@ def sign_notebook(path: Path) -> None:
 
 def run_notebooks(preset: str, run_dir: Path, overrides: dict[str, Any], notebook_dir: Path = DEFAULT_NOTEBOOK_DIR,
                   kernel_name: str | None = None, progress: bool = True, *, notebooks: Sequence[str] = NOTEBOOKS,
-                  cell_timeout: int | None = DEFAULT_CELL_TIMEOUT) -> list[Path]:
+                  cell_timeout: int | None | dict[str, int | None] = CELL_TIMEOUTS) -> list[Path]:
     """Execute ``notebooks`` (default: the numbered three) in order into ``run_dir/notebooks``; returns the executed
     copies, each signed as trusted.
 
     ``progress`` shows papermill's per-cell bar and the notebooks' printed lines (e.g. one line per student of the
-    sweep) as they happen. A cell running longer than ``cell_timeout`` seconds (``None``: no limit) is stopped.
+    sweep) as they happen. A cell running longer than ``cell_timeout`` seconds (``None``: no limit; a dict: by
+    notebook name) is stopped. Each notebook gets the parameters it declares among ``preset``, ``run_dir`` and
+    ``overrides``.
     Raises :class:`NotebookFailed` (naming the notebook, the cell and the error) if one fails, and
     :class:`NotebookTimedOut` (a :class:`NotebookFailed`) if a cell times out.
     """
@@ -117,15 +113,18 @@ def run_notebooks(preset: str, run_dir: Path, overrides: dict[str, Any], noteboo
 
     out_dir = run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
-    parameters = {"preset": preset, "run_dir": str(run_dir.resolve()), "overrides": overrides}
+    offered = {"preset": preset, "run_dir": str(run_dir.resolve()), "overrides": overrides}
     executed = []
     for name in notebooks:
         output = out_dir / name
+        declared = papermill.inspect_notebook(str(notebook_dir / name))
+        parameters = {k: v for k, v in offered.items() if k in declared}
+        timeout = cell_timeout.get(name) if isinstance(cell_timeout, dict) else cell_timeout
         with _EchoLines(f"[{Path(name).stem}] ") if progress else contextlib.nullcontext() as echo:
             try:
                 papermill.execute_notebook(str(notebook_dir / name), str(output), parameters=parameters,
                                            kernel_name=kernel_name, cwd=str(notebook_dir), progress_bar=progress,
-                                           stdout_file=echo, execution_timeout=cell_timeout)
+                                           stdout_file=echo, execution_timeout=timeout)
             except PapermillExecutionError as exc:
                 raise NotebookFailed(output, exc) from None
             except CellTimeoutError as exc:
@@ -133,51 +132,3 @@ def run_notebooks(preset: str, run_dir: Path, overrides: dict[str, Any], noteboo
         sign_notebook(output)
         executed.append(output)
     return executed
-
-
-def headline(run_dir: Path) -> str:
-    """The result in one line, from ``summary.json``."""
-    summary = json.loads((run_dir / "summary.json").read_text())
-    facts = summary["facts"]
-    lo, hi = summary["band"]
-    return (f"effective-rank region [{facts['region_low']}, {facts['region_high']}] "
-            f"({lo:.0%}-{hi:.0%} of {summary['reference']['kind']} accuracy {summary['reference']['accuracy']:.4f}), "
-            f"knee {summary['knee']:.2f}; estimator: {summary['estimator']['init']} init, "
-            f"{summary['estimator']['loss']} loss, {summary['estimator']['student_epochs']} epochs")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m effrank_utils.reproduce", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="demo", help=f"one of: {', '.join(PRESETS)} (default: demo)")
-    parser.add_argument("--results", default="results", type=Path, help="results root (default: results)")
-    parser.add_argument("--run-dir", type=Path, help="run directory (default: <results>/<preset>)")
-    parser.add_argument("--set", dest="overrides", action="append", type=parse_assignment, default=[],
-                        metavar="FIELD=VALUE", help="override a config field (repeatable)")
-    parser.add_argument("--fresh", action="store_true", help="delete the run directory first instead of resuming")
-    parser.add_argument("--kernel", default=None, help="Jupyter kernel (default: the notebooks' own, 'effrank')")
-    args = parser.parse_args(argv)
-
-    overrides = dict(args.overrides)
-    try:
-        config = load_preset(args.preset, overrides)  # validate everything before any compute
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    run_dir = (args.run_dir or args.results / config.preset).resolve()
-    if args.fresh and run_dir.exists():
-        shutil.rmtree(run_dir)
-    print(f"effrank: preset {config.preset!r} -> {run_dir}", flush=True)
-    try:
-        run_notebooks(args.preset, run_dir, overrides, kernel_name=args.kernel)
-    except NotebookFailed as exc:
-        print(f"\nerror: {exc}", file=sys.stderr)
-        return 1
-    print(f"\nresults: {run_dir}\n  notebooks/  executed notebooks\n  teacher.pt  teacher checkpoint\n"
-          f"  sweep.csv   one row per student\n  figures/    PNG and SVG figures\n  summary.json\n"
-          f"{headline(run_dir)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -39,9 +39,14 @@ def feature_taps(model: nn.Module) -> Iterator[list[torch.Tensor]]:
 
 
 def mse_cosine(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """MSE + (1 - cosine similarity along the last (feature) dimension), both averaged."""
-    s, t = student.float(), teacher.float()
-    return F.mse_loss(s, t) + (1 - F.cosine_similarity(s, t, dim=-1)).mean()
+    """MSE + (1 - cosine similarity along the last (feature) dimension), both averaged, in at least float32.
+
+    Equal vectors have cosine distance 0, all-zero ones included (e.g. the logits of a zero-initialized head), so
+    identical inputs give exactly 0."""
+    dtype = torch.promote_types(torch.result_type(student, teacher), torch.float32)
+    s, t = student.to(dtype), teacher.to(dtype)
+    distance = torch.where((s == t).all(dim=-1), 0.0, 1 - F.cosine_similarity(s, t, dim=-1))
+    return F.mse_loss(s, t) + distance.mean()
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,

@@ -3,12 +3,16 @@
 A student is a copy of the teacher in which chosen linear maps of every transformer block are replaced by a
 rank-``r`` pair ``Linear(in, r, bias=False) -> Linear(r, out)``. Two ViT families are understood:
 
-* timm blocks (``attn.qkv``, ``attn.proj``, ``mlp.fc1``, ``mlp.fc2``) -- any module with ``attn`` and ``mlp``;
+* timm blocks -- any module with ``attn`` and ``mlp``; the attention's linear maps are found by name through
+  :data:`ATTENTION_MAPS` (``qkv``/``proj`` of ViT, Swin, XCiT, CaiT; ConViT GPSA ``qk``/``v``; class-attention
+  ``q``/``k``/``v``), the MLP's through :data:`MLP_MAPS` (``fc1``, ``fc2``);
 * torchvision ``EncoderBlock`` (``self_attention`` is an ``nn.MultiheadAttention`` with a packed in-projection,
   ``mlp`` is ``Sequential(Linear, GELU, Dropout, Linear, Dropout)``). Its attention is rebuilt as
   :class:`SplitMultiheadAttention` with separate q, k, v maps, as the paper's author did.
 
 Target names are architecture-neutral: ``qkv``, ``proj``, ``fc1``, ``fc2`` (aliases ``attn``, ``mlp``, ``all``).
+:func:`coverage` lists, per block, the linear maps that are factorized and those that stay dense. One rank must
+mean the same in every block, so hierarchical models (Swin, PVT: stages of different widths) are refused.
 """
 
 from __future__ import annotations
@@ -69,16 +73,16 @@ class SplitMultiheadAttention(nn.Module):
         """Split a packed ``nn.MultiheadAttention`` into exact dense q, k, v, out projections."""
         if not mha._qkv_same_embed_dim or mha.bias_k is not None or mha.add_zero_attn:
             raise ValueError("model: only plain self-attention nn.MultiheadAttention layers can be factorized")
-        dim = mha.embed_dim
+        dim, like = mha.embed_dim, {"device": mha.in_proj_weight.device, "dtype": mha.in_proj_weight.dtype}
         projections = []
         for i in range(3):
-            lin = nn.Linear(dim, dim, bias=mha.in_proj_bias is not None)
+            lin = nn.Linear(dim, dim, bias=mha.in_proj_bias is not None, **like)
             with torch.no_grad():
                 lin.weight.copy_(mha.in_proj_weight[i * dim:(i + 1) * dim])
                 if mha.in_proj_bias is not None:
                     lin.bias.copy_(mha.in_proj_bias[i * dim:(i + 1) * dim])
             projections.append(lin)
-        out = nn.Linear(dim, dim, bias=mha.out_proj.bias is not None)
+        out = nn.Linear(dim, dim, bias=mha.out_proj.bias is not None, **like)
         out.load_state_dict(mha.out_proj.state_dict())
         return cls(*projections, out, mha.num_heads, mha.dropout, mha.batch_first)
 
@@ -101,6 +105,21 @@ class SplitMultiheadAttention(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------- discovery
+#: Attention layouts as data: the name of a linear map inside a block's attention module -> its target.
+#: ``qkv``/``proj``: timm ``Attention``, Swin, XCiT, CaiT talking-heads; ``qk``/``v``: ConViT GPSA; ``q``/``k``/``v``:
+#: CaiT and XCiT class attention; ``q``/``kv``: separate query and key-value maps; ``q_proj``...``out_proj``:
+#: torchvision after splitting.
+#: Other linears there (GPSA ``pos_proj``, talking-heads ``proj_l``/``proj_w``) mix positions or heads, not token
+#: features: they stay dense and :func:`coverage` lists them.
+ATTENTION_MAPS: dict[str, str] = {
+    "qkv": "qkv", "qk": "qkv", "kv": "qkv", "q": "qkv", "k": "qkv", "v": "qkv",
+    "q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "proj": "proj", "out_proj": "proj",
+}
+#: MLP layouts: the name of a linear map inside a block's MLP -> its target (timm ``Mlp``). A torchvision
+#: ``MLPBlock`` (a ``Sequential``) has no names: its first and second linear are ``fc1`` and ``fc2``.
+MLP_MAPS: dict[str, str] = {"fc1": "fc1", "fc2": "fc2"}
+
+
 @dataclass(frozen=True)
 class TargetLayer:
     """One linear map chosen for factorization: where it lives and its shape."""
@@ -110,6 +129,11 @@ class TargetLayer:
     in_features: int
     out_features: int
     bias: bool
+
+    @property
+    def full_rank(self) -> int:
+        """``min(in, out)``: the rank at which a factorized pair can be exact."""
+        return min(self.in_features, self.out_features)
 
 
 def transformer_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -122,9 +146,13 @@ def transformer_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return blocks
 
 
+def _attention_name(block: nn.Module) -> str:
+    return "attn" if hasattr(block, "attn") else "self_attention"
+
+
 def block_attention(block: nn.Module) -> nn.Module:
     """The attention sub-module of a block (timm ``attn`` or torchvision ``self_attention``)."""
-    return block.attn if hasattr(block, "attn") else block.self_attention
+    return getattr(block, _attention_name(block))
 
 
 def resolve_targets(targets: str | Iterable[str]) -> tuple[str, ...]:
@@ -144,34 +172,6 @@ def resolve_targets(targets: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(t for t in TARGETS if t in chosen)
 
 
-def _block_linears(block: nn.Module) -> Iterator[tuple[str, str, nn.Module]]:
-    """(target, relative path, module) for every factorizable linear map of one block."""
-    mlp = block.mlp
-    if hasattr(block, "attn"):  # timm
-        attn = block.attn
-        for target, owner, attr, path in (("qkv", attn, "qkv", "attn.qkv"), ("proj", attn, "proj", "attn.proj"),
-                                          ("fc1", mlp, "fc1", "mlp.fc1"), ("fc2", mlp, "fc2", "mlp.fc2")):
-            module = getattr(owner, attr, None)
-            if module is not None:
-                yield target, path, module
-        return
-    attn = block.self_attention  # torchvision
-    if isinstance(attn, nn.MultiheadAttention):
-        dim, bias = attn.embed_dim, attn.in_proj_bias is not None
-        for part in ("q", "k", "v"):
-            yield "qkv", f"self_attention.{part}_proj", _ShapeOnly(dim, dim, bias)
-        yield "proj", "self_attention.out_proj", attn.out_proj
-    else:
-        for part in ("q", "k", "v"):
-            yield "qkv", f"self_attention.{part}_proj", getattr(attn, f"{part}_proj")
-        yield "proj", "self_attention.out_proj", attn.out_proj
-    linears = [m for m in mlp if isinstance(m, (nn.Linear, LowRankLinear))]
-    if len(linears) == 2:
-        index = [i for i, m in enumerate(mlp) if isinstance(m, (nn.Linear, LowRankLinear))]
-        yield "fc1", f"mlp.{index[0]}", linears[0]
-        yield "fc2", f"mlp.{index[1]}", linears[1]
-
-
 class _ShapeOnly:
     """Shape of a q/k/v slice of a packed in-projection (it is not a module of its own before splitting)."""
 
@@ -179,26 +179,100 @@ class _ShapeOnly:
         self.in_features, self.out_features, self.bias = in_features, out_features, bias
 
 
+def _named_maps(module: nn.Module, prefix: str, table: dict[str, str]) -> list[tuple[str, str, nn.Module]]:
+    return [(table[name], f"{prefix}.{name}", child) for name, child in module.named_children() if name in table]
+
+
+def _block_linears(block: nn.Module) -> Iterator[tuple[str, str, nn.Module | _ShapeOnly]]:
+    """(target, relative path, module) for every map of one block that a target names (in module order)."""
+    attn_name, attn = _attention_name(block), block_attention(block)
+    if isinstance(attn, nn.MultiheadAttention):  # packed q, k, v: factorize splits them
+        shape = _ShapeOnly(attn.embed_dim, attn.embed_dim, attn.in_proj_bias is not None)
+        yield from (("qkv", f"{attn_name}.{part}_proj", shape) for part in "qkv")
+        yield "proj", f"{attn_name}.out_proj", attn.out_proj
+    else:
+        yield from _named_maps(attn, attn_name, ATTENTION_MAPS)
+    mlp = _named_maps(block.mlp, "mlp", MLP_MAPS)
+    if not mlp and isinstance(block.mlp, nn.Sequential):  # torchvision MLPBlock
+        linears = [(f"mlp.{i}", m) for i, m in enumerate(block.mlp) if isinstance(m, (nn.Linear, LowRankLinear))]
+        if len(linears) == 2:
+            mlp = [(target, path, m) for target, (path, m) in zip(("fc1", "fc2"), linears)]
+    yield from mlp
+
+
+def _block_layers(block_name: str, block: nn.Module, wanted: Sequence[str]) -> tuple[list[TargetLayer], list[str]]:
+    """One block's maps selected by ``wanted`` (as :class:`TargetLayer`) and the paths of its other linear maps,
+    which stay dense: unselected or non-linear (e.g. conv-style) target maps, and linears no target names."""
+    prefix = f"{block_name}." if block_name else ""
+    layers, dense, named = [], [], []
+    for target, path, module in _block_linears(block):
+        named.append(path)
+        if target in wanted and isinstance(module, (nn.Linear, LowRankLinear, _ShapeOnly)):
+            bias = module.bias if isinstance(module, _ShapeOnly) else module.bias is not None
+            layers.append(TargetLayer(prefix + path, target, module.in_features, module.out_features, bool(bias)))
+        else:
+            dense.append(prefix + path)
+    for path, module in block.named_modules():
+        inside_named = any(path == n or path.startswith(n + ".") for n in named)
+        if isinstance(module, nn.Linear) and not inside_named:
+            dense.append(prefix + path)
+    return layers, dense
+
+
+def _check_one_width(model: nn.Module, layers: Sequence[TargetLayer]) -> None:
+    """Refuse a model whose layers of one target differ in ``min(in, out)`` across blocks (hierarchical
+    stages): one rank would then be full rank for the narrow stages only."""
+    for target in TARGETS:
+        widths = sorted({layer.full_rank for layer in layers if layer.target == target})
+        if len(widths) > 1:
+            raise ValueError(
+                f"model: {type(model).__name__} is hierarchical: its {target} layers differ in min(in, out) across "
+                f"blocks ({', '.join(map(str, widths))}), so one rank would mean a different fraction of each stage "
+                "and the wider stages could never reach full rank; factorization needs blocks of one width "
+                "(ViT, DeiT, CaiT, ConViT, XCiT, torchvision ViT)")
+
+
 def target_layers(model: nn.Module, targets: str | Iterable[str] = "all") -> list[TargetLayer]:
-    """Every linear map of every transformer block selected by ``targets`` (paths as in the student)."""
+    """Every linear map of every transformer block selected by ``targets`` (paths as in the student).
+
+    Raises ``ValueError`` for hierarchical models (layers of one target with different widths in different
+    blocks, e.g. Swin)."""
     wanted = resolve_targets(targets)
-    found = []
-    for block_name, block in transformer_blocks(model):
-        for target, path, module in _block_linears(block):
-            if target not in wanted:
-                continue
-            if not isinstance(module, (nn.Linear, LowRankLinear, _ShapeOnly)):
-                continue  # e.g. a conv-style MLP in an exotic timm model
-            bias = module.bias is not None if not isinstance(module, _ShapeOnly) else module.bias
-            prefix = f"{block_name}." if block_name else ""
-            found.append(TargetLayer(prefix + path, target, module.in_features, module.out_features, bool(bias)))
-    return found
+    layers = [layer for name, block in transformer_blocks(model) for layer in _block_layers(name, block, wanted)[0]]
+    _check_one_width(model, layers)
+    return layers
+
+
+def coverage(model: nn.Module, targets: str | Iterable[str] = "all") -> list[dict]:
+    """Which linear maps of each block ``factorize(model, rank, targets=targets)`` replaces, and which stay dense.
+
+    JSON-ready, one dict per transformer block: ``block`` (its path), ``factorized`` and ``dense`` (paths of
+    linear maps, as in the student) and ``missing`` (targets asked for that the block has no factorizable map
+    for: that part of the block stays dense). Works on a student too (its pairs count as factorized).
+    """
+    wanted = resolve_targets(targets)
+    entries = []
+    for name, block in transformer_blocks(model):
+        layers, dense = _block_layers(name, block, wanted)
+        found = {layer.target for layer in layers}
+        entries.append({"block": name, "factorized": [layer.name for layer in layers], "dense": dense,
+                        "missing": [t for t in wanted if t not in found]})
+    return entries
+
+
+def _warn_coverage(entries: Sequence[dict]) -> None:
+    gaps = [f"{e['block'] or '(model)'} ({', '.join(e['missing'])})" for e in entries if e["missing"]]
+    if gaps:
+        warnings.warn(f"coverage: {len(gaps)} of {len(entries)} blocks have no factorizable map for a requested "
+                      f"target, which stays dense: {'; '.join(gaps)}. The student is only partly low-rank "
+                      "(see coverage())", stacklevel=3)
 
 
 # --------------------------------------------------------------------------------------------- factorize
 def max_rank(layers: Sequence[TargetLayer]) -> int:
-    """The largest rank every targeted layer admits: the smallest ``min(in, out)`` among them."""
-    return min(min(layer.in_features, layer.out_features) for layer in layers)
+    """The largest rank every targeted layer admits: the smallest ``min(in, out)`` among them (the same in every
+    block, since :func:`target_layers` refuses hierarchical models)."""
+    return min(layer.full_rank for layer in layers)
 
 
 def _validate(model: nn.Module, rank: object, init: str, layers: Sequence[TargetLayer]) -> int:
@@ -257,9 +331,10 @@ def _final_norms(model: nn.Module) -> list[nn.Module]:
 
 def _svd_factors(linear: nn.Linear, pair: LowRankLinear) -> None:
     """The truncated SVD of the dense map, sqrt(S) split between the factors: the best rank-r approximation
-    (Eckart-Young), exact at full rank."""
+    (Eckart-Young), exact at full rank. Computed in float32 or the layer's dtype if wider (a float64 teacher gets
+    a float64 SVD, exact to ~1e-14), stored in the layer's dtype."""
     w = linear.weight.detach()
-    u, s, vh = torch.linalg.svd(w.float(), full_matrices=False)
+    u, s, vh = torch.linalg.svd(w.to(torch.promote_types(w.dtype, torch.float32)), full_matrices=False)
     root = s[:pair.rank].sqrt()
     with torch.no_grad():
         pair.down.weight.copy_((root[:, None] * vh[:pair.rank]).to(w.dtype))
@@ -305,11 +380,13 @@ def factorize(teacher: nn.Module, rank: int, *, init: str = "svd", targets: str 
     ``init`` is ``svd`` (truncated SVD of the teacher weight, sqrt(S) split between the factors; exact at
     full rank), ``random`` (PyTorch default init of the factor layers, everything else copied), or ``paper``
     (the author's: fresh transformer blocks and head, embeddings copied). ``seed`` makes random parts
-    reproducible without touching the global RNG. The teacher is not modified.
+    reproducible without touching the global RNG. The teacher is not modified; the student keeps its dtype and
+    device. Warns when a block has no factorizable map for a requested target (see :func:`coverage`).
     """
     layers = target_layers(teacher, targets)
     rank = _validate(teacher, rank, init, layers)
     _warn_break_even(layers, rank)
+    _warn_coverage(coverage(teacher, targets))
     student = copy.deepcopy(teacher).requires_grad_(True)  # a frozen teacher still gives a trainable student
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
@@ -373,11 +450,16 @@ def parameter_report(teacher: nn.Module, rank: int, targets: str | Iterable[str]
 
 
 def compression_table(teacher: nn.Module, ranks: Iterable[int], targets: str | Iterable[str] = "all") -> list[dict]:
-    """Student size per rank: parameters, compression and whether every targeted layer still saves weights."""
+    """Student size per rank: parameters, compression, whether every targeted layer still saves weights, and the
+    coverage counts: ``factorized_layers`` and ``dense_layers`` (block linears that stay dense; which ones, per
+    block, is :func:`coverage`)."""
+    blocks = coverage(teacher, targets)
+    factorized, dense = (sum(len(block[key]) for block in blocks) for key in ("factorized", "dense"))
     rows = []
     for rank in ranks:
         report = parameter_report(teacher, rank, targets)
         rows.append({"rank": rank, "student_params": report["student_params"],
                      "compression": round(report["compression"], 3),
-                     "below_break_even": all(rank < layer["break_even_rank"] for layer in report["layers"])})
+                     "below_break_even": all(rank < layer["break_even_rank"] for layer in report["layers"]),
+                     "factorized_layers": factorized, "dense_layers": dense})
     return rows

@@ -167,3 +167,48 @@ def test_student_of_a_frozen_teacher_is_trainable(small_vit):
     student = factorize(frozen, 4)
     assert all(p.requires_grad for p in student.parameters())
     assert not any(p.requires_grad for p in frozen.parameters())
+
+
+def small_tv_vit(dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A small torchvision ViT (width 16) with a random, not zero, head so that logits tell students apart."""
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=2,
+                                                 hidden_dim=16, mlp_dim=32)
+    nn.init.normal_(model.heads.head.weight)
+    return model.to(dtype).eval()
+
+
+def test_float64_timm_full_rank_student_is_exact(small_vit):
+    teacher = copy.deepcopy(small_vit).double()
+    student = quiet_factorize(teacher, 32).eval()
+    x = torch.randn(4, 1, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        assert (student(x) - teacher(x)).abs().max() < 1e-10  # the SVD is computed in float64
+
+
+def test_float64_torchvision_full_rank_student_is_exact():
+    teacher = small_tv_vit(torch.float64)
+    student = quiet_factorize(teacher, 16).eval()
+    assert {p.dtype for p in student.parameters()} == {torch.float64}
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        assert (student(x) - teacher(x)).abs().max() < 1e-10
+
+
+def test_bf16_torchvision_teacher_gives_a_bf16_student():
+    teacher = small_tv_vit(torch.bfloat16)
+    student = factorize(teacher, 4)
+    assert {p.dtype for p in student.parameters()} == {torch.bfloat16}
+    with torch.no_grad():
+        out = student(torch.randn(2, 3, 32, 32, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_teacher_gives_a_cuda_student():
+    teacher = small_tv_vit().cuda()
+    student = quiet_factorize(teacher, 16).eval()
+    assert {p.device.type for p in student.parameters()} == {"cuda"}
+    x = torch.randn(3, 3, 32, 32, device="cuda")
+    with torch.no_grad():
+        assert (student(x) - teacher(x)).abs().max() < 1e-4

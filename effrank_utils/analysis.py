@@ -12,7 +12,7 @@ import pandas as pd
 
 from .config import StudyConfig
 from .curves import EffectiveRankResult, effective_rank, sensitivity_table
-from .run_folder import SUMMARY_JSON, TEACHER_JSON, load_run_config, read_sweep
+from .run_folder import COVERAGE_JSON, SUMMARY_JSON, TEACHER_JSON, load_run_config, read_sweep
 from .storage import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,7 @@ def summary(study: Study, result: EffectiveRankResult, reference: str | float) -
         "intervals": fitted["intervals"],    # name -> {low, high, reached, censored, resamples, ..., describe}
         "facts": region_facts(study, result),
         "failed_students": len(study.failed),
+        "coverage": read_json(study.run_dir / COVERAGE_JSON) if (study.run_dir / COVERAGE_JSON).exists() else None,
         "table": study.table.replace({np.nan: None}).to_dict(orient="records"),
         "config": study.config.to_dict(),
     }

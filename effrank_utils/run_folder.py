@@ -11,6 +11,7 @@ Layout::
     tasks/state_*.pt       resumable checkpoint of a group of students being trained
     teacher_cache/         fp16 teacher logits per epoch (``cache_teacher``)
     sweep.csv              all finished rows, sorted by (rank, seed), rebuilt atomically after every task
+    coverage.json          per block: which linear maps the students factorize and which stay dense
     summary.json           the analysis; figures/: PNG and SVG; notebooks/: executed notebooks
 
 A study's *identity* is a digest of the fields that define the teacher and the students plus a fingerprint of
@@ -53,6 +54,7 @@ DEFAULT_RESULTS = Path("results")
 CONFIG_JSON = "config.json"
 SWEEP_CSV = "sweep.csv"
 SUMMARY_JSON = "summary.json"
+COVERAGE_JSON = "coverage.json"
 TASK_DIR = "tasks"
 TEACHER_FILE = "teacher.pt"
 TEACHER_JSON = "teacher.json"

@@ -18,9 +18,11 @@ from tqdm.auto import tqdm
 from .config import StudyConfig
 from .data import ImageData, load_data_for
 from .executors import make_executor, threads_per_task, train_group
+from .factorize import coverage
 from .models import rank_limit
 from .refine import next_ranks
 from .run_folder import (
+    COVERAGE_JSON,
     TASK_DIR,
     WORKER_FAILURE,
     Task,
@@ -31,6 +33,7 @@ from .run_folder import (
     write_row,
     write_sweep_csv,
 )
+from .storage import write_json
 from .students import run_group
 from .teacher import Teacher, train_teacher
 
@@ -146,6 +149,7 @@ def run_sweep(config: StudyConfig, run_dir: str | Path, *, ranks: Sequence[int] 
     data = data if data is not None else load_data_for(config)
     teacher = train_teacher(config, run_dir, data)  # prepares the run folder first
     run_dir = Path(run_dir)
+    write_json(run_dir / COVERAGE_JSON, coverage(teacher.model, config.targets))
     (run_dir / TASK_DIR).mkdir(exist_ok=True)
     write_sweep_csv(run_dir)
     owned = executor is None and config.executor != "local"

@@ -1,5 +1,7 @@
 """The rank sweep: rows, resume after an interruption, refusal of a different config on the same run."""
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -20,6 +22,13 @@ def test_sweep_writes_one_row_per_task(smoke, tmp_path):
     assert table["final_accuracy"].between(0, 1).all() and (table["compression"] > 1).all()
     assert (table["init"] == "svd").all() and (table["loss"] == "kd").all()
     assert (tmp_path / "config.json").exists() and (tmp_path / "teacher.pt").exists()
+    coverage = json.loads((tmp_path / "coverage.json").read_text())  # which maps the students factorize
+    assert coverage == [{"block": "blocks.0", "factorized": ["blocks.0.attn.qkv", "blocks.0.attn.proj",
+                                                              "blocks.0.mlp.fc1", "blocks.0.mlp.fc2"],
+                         "dense": [], "missing": []}]
+    from effrank_utils import analysis
+    study = analysis.load_study(tmp_path)
+    assert analysis.summary(study, analysis.analyze(study), "teacher")["coverage"] == coverage
 
 
 def test_interrupted_sweep_resumes_without_redoing_tasks(smoke, tmp_path, monkeypatch):

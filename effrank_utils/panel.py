@@ -78,14 +78,13 @@ def analysis_panel(study: Study, band: Sequence[float] = (0.85, 0.95), reference
     def update(_change: object = None) -> None:
         ref_value.disabled = ref_choice.value != "value"
         try:
-            result = analyze(study, band_slider.value, panel_reference(ref_choice.value, ref_value.value),
-                             n_bootstrap=0)
+            result = analyze(study, band_slider.value, panel_reference(ref_choice.value, ref_value.value))
         except ValueError as exc:
             text.value = f"<b>Cannot compute:</b> {html.escape(str(exc))}"
             image.value = b""
             image.layout.display = "none"
             return
-        text.value = summary_text(study, result)
+        text.value = html.escape(summary_text(study, result))
         image.value = figure_png(plot_effective_rank(study, result, log_x=axis.value == "log"))
         image.layout.display = None
 

@@ -1,5 +1,7 @@
 """What the analysis notebook and its panel compute, tested without a browser."""
 
+import re
+
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
@@ -121,3 +123,20 @@ def test_summary_json_round_trips(study):
     saved = pd.read_json(path, typ="series")
     assert saved["region_low"]["rank"] == pytest.approx(result.region_low)
     assert saved["failed_students"] == 1
+
+
+def test_panel_shows_censored_intervals_and_an_undefined_knee(tmp_path):
+    """Three seeds per rank whose r_hi is not reached in most resamples (the issue's table), then a flat curve."""
+    ranks = [1, 2, 4, 8, 16, 32]
+    acc = [.30, .32, .31, .55, .52, .58, .75, .78, .74, .86, .88, .85, .92, .93, .91, .97, .93, .94]
+    rows = [{"rank": r, "seed": s, "status": "ok", "params": 1000 + 100 * r, "teacher_params": 5000,
+             "final_accuracy": acc[3 * i + s]} for i, r in enumerate(ranks) for s in range(3)]
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(tmp_path / SWEEP_CSV, index=False)
+    write_record(tmp_path, load_preset("smoke"), "fingerprint")
+    write_json(tmp_path / TEACHER_JSON, {"status": "done", "accuracy": 1.0})
+    panel = analysis_panel(analysis.load_study(tmp_path), reference=1.0)
+    assert re.search(r"r_hi censored: &gt; 32 in \d+% of resamples", panel.summary.value)
+    flat = pd.DataFrame([dict(row, final_accuracy=0.5) for row in rows], columns=COLUMNS)
+    flat.to_csv(tmp_path / SWEEP_CSV, index=False)
+    panel = analysis_panel(analysis.load_study(tmp_path), band=(0.6, 0.7), reference=1.0)
+    assert "knee undefined" in panel.summary.value

@@ -66,7 +66,7 @@ def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 20) -> fl
 def synthetic_pipeline(device: torch.device, images: int, batch: int):
     """A config for a dim-192, 6-block timm ViT on 32x32 inputs and a pipeline over random images."""
     cfg = load_preset("smoke", image_size=32, patch_size=4, embed_dim=192, depth=6, num_heads=3, mlp_ratio=4.0,
-                      ranks=[8], student_batch_size=batch, student_epochs=1)
+                      ranks=[4, 8], student_batch_size=batch, student_epochs=1)
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (images, 3, 32, 32), dtype=torch.uint8, generator=g)
     y = torch.randint(0, 10, (images,), generator=g)

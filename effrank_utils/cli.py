@@ -34,8 +34,7 @@ def _study_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _report_failures(run_dir: Path) -> int:
-    from .run_folder import read_sweep
-    from .sweep import failed_tasks
+    from .run_folder import failed_tasks, read_sweep
     failed = failed_tasks(read_sweep(run_dir))
     if not failed:
         return 0
@@ -58,7 +57,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     print(f"effrank: preset {config.preset!r} -> {run_dir}", flush=True)
     try:
         timeout = CELL_TIMEOUTS if args.cell_timeout is None else (args.cell_timeout or None)
-        run_notebooks(config.preset, run_dir, overrides, kernel_name=args.kernel, cell_timeout=timeout)
+        run_notebooks(args.preset, run_dir, overrides, kernel_name=args.kernel, cell_timeout=timeout)
     except NotebookFailed as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -288,3 +288,9 @@ def read_sweep(run_dir: str | Path) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame(columns=list(COLUMNS))
     return pd.read_csv(path)
+
+
+def failed_tasks(table: pd.DataFrame) -> list[str]:
+    """One line per failed student of a sweep table: rank, seed and reason."""
+    failed = table[table["status"] != "ok"]
+    return [f"rank {r.rank} seed {r.seed}: {r.failure}" for r in failed.itertuples()]

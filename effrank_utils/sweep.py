@@ -181,9 +181,3 @@ def _sweep_rounds(config: StudyConfig, run_dir: Path, teacher: Teacher, data: Im
             log.info("refinement round %d: adding ranks %s", round_, new)
             _run_tasks(config, run_dir, teacher, data, [Task(r, s) for s in config.seeds for r in new], on_rows,
                        executor)
-
-
-def failed_tasks(table: pd.DataFrame) -> list[str]:
-    """One line per failed student of a sweep table: rank, seed and reason."""
-    failed = table[table["status"] != "ok"]
-    return [f"rank {r.rank} seed {r.seed}: {r.failure}" for r in failed.itertuples()]

@@ -12,6 +12,7 @@ import pandas as pd
 
 from .config import StudyConfig
 from .curves import EffectiveRankResult, effective_rank, sensitivity_table
+from .plotting import plot_effective_rank, save_figure
 from .run_folder import COVERAGE_JSON, SUMMARY_JSON, TEACHER_JSON, load_run_config, read_sweep
 from .storage import read_json, write_json
 
@@ -68,6 +69,12 @@ def load_study(run_dir: str | Path) -> Study:
 def reference_value(study: Study, reference: str | float) -> float | str:
     """``teacher`` -> the teacher's accuracy; ``best_student`` and numbers pass through."""
     return study.teacher_accuracy if reference == "teacher" else reference
+
+
+def study_settings(study: Study, band: Sequence[float] | None = None, reference: str | float | None = None
+                   ) -> tuple[tuple[float, float], str | float]:
+    """The band and reference to analyze with: those given, else the study's own (from its config)."""
+    return tuple(band or study.config.band), reference if reference is not None else study.config.reference
 
 
 def analyze(study: Study, band: Sequence[float] = (0.85, 0.95), reference: str | float = "teacher",
@@ -150,6 +157,12 @@ def summary(study: Study, result: EffectiveRankResult, reference: str | float) -
 def write_summary(study: Study, result: EffectiveRankResult, reference: str | float) -> Path:
     """Write ``summary.json`` beside the sweep (atomically)."""
     return write_json(study.run_dir / SUMMARY_JSON, summary(study, result, reference))
+
+
+def save_results(study: Study, result: EffectiveRankResult, reference: str | float) -> list[Path]:
+    """The study's figure (PNG and SVG) and ``summary.json``, written into its run folder; returns the paths."""
+    figures = save_figure(plot_effective_rank(study, result), study.run_dir, "effective_rank")
+    return [*figures, write_summary(study, result, reference)]
 
 
 def sensitivity(study: Study, bands: Sequence[Sequence[float]] = ((0.85, 0.95), (0.80, 0.90), (0.90, 0.97)),

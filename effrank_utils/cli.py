@@ -13,15 +13,18 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from .presets import PRESETS, parse_assignment
+from .reproduce import DEFAULT_NOTEBOOK_DIR
 from .run_folder import DEFAULT_RESULTS
+
+if TYPE_CHECKING:
+    from .config import StudyConfig
 
 EXIT_USER_ERROR = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
 def _study_options(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +34,21 @@ def _study_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", type=Path, help="run folder (default: <results>/<preset>)")
     parser.add_argument("--set", dest="overrides", action="append", type=parse_assignment, default=[],
                         metavar="FIELD=VALUE", help="override a config field (repeatable), e.g. --set ranks=[1,2,4]")
+    parser.add_argument("--fresh", action="store_true",
+                        help="delete the run folder first (only an effrank run folder inside --results)")
+
+
+def _open(args: argparse.Namespace) -> tuple["StudyConfig", Path]:
+    """The validated config and run folder of the options; ``--fresh`` deletes the folder, else a folder of
+    another study (or not effrank's) is refused -- all before any compute."""
+    from .entry import open_study
+    from .run_folder import check_config, remove_run_folder
+    config, run_dir = open_study(args.preset, dict(args.overrides), args.run_dir, args.results)
+    run_dir = run_dir.resolve()
+    if args.fresh:
+        remove_run_folder(run_dir, args.results)
+    check_config(run_dir, config)
+    return config, run_dir
 
 
 def _report_failures(run_dir: Path) -> int:
@@ -38,7 +56,8 @@ def _report_failures(run_dir: Path) -> int:
     failed = failed_tasks(read_sweep(run_dir))
     if not failed:
         return 0
-    print(f"error: {len(failed)} student(s) failed (rerun the same command to train them again):", file=sys.stderr)
+    print(f"error: {len(failed)} student(s) failed (those whose worker died are trained again by a rerun; a "
+          "non-finite loss needs other settings, e.g. a lower student_lr, in a new run folder):", file=sys.stderr)
     for line in failed:
         print(f"  {line}", file=sys.stderr)
     return EXIT_FAILED
@@ -46,18 +65,12 @@ def _report_failures(run_dir: Path) -> int:
 
 def _reproduce(args: argparse.Namespace) -> int:
     from .analysis import headline
-    from .entry import open_study
     from .reproduce import CELL_TIMEOUTS, NotebookFailed, run_notebooks
-    from .run_folder import remove_run_folder
-    overrides = dict(args.overrides)
-    config, run_dir = open_study(args.preset, overrides, args.run_dir, args.results)
-    run_dir = run_dir.resolve()
-    if args.fresh:
-        remove_run_folder(run_dir, args.results)
+    config, run_dir = _open(args)
     print(f"effrank: preset {config.preset!r} -> {run_dir}", flush=True)
     try:
         timeout = CELL_TIMEOUTS if args.cell_timeout is None else (args.cell_timeout or None)
-        run_notebooks(args.preset, run_dir, overrides, kernel_name=args.kernel, cell_timeout=timeout)
+        run_notebooks(args.preset, run_dir, dict(args.overrides), kernel_name=args.kernel, cell_timeout=timeout)
     except NotebookFailed as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -68,26 +81,22 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from .entry import open_study
     from .sweep import run_sweep
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config, run_dir = open_study(args.preset, dict(args.overrides), args.run_dir, args.results)
+    config, run_dir = _open(args)
     table = run_sweep(config, run_dir)
     print(table.drop(columns=["failure"]).to_string(index=False))
     return _report_failures(run_dir)
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from .analysis import analyze, load_study, summary_text, write_summary
-    from .plotting import plot_effective_rank, save_figure
+    from .analysis import analyze, load_study, save_results, study_settings, summary_text
     study = load_study(args.run_dir)
-    band = tuple(args.band) if args.band else study.config.band
-    reference = args.reference if args.reference is not None else study.config.reference
+    band, reference = study_settings(study, args.band, args.reference)
     result = analyze(study, band, reference)
-    paths = save_figure(plot_effective_rank(study, result), study.run_dir, "effective_rank")
-    summary = write_summary(study, result, reference)
+    paths = save_results(study, result, reference)
     print(summary_text(study, result))
-    print("saved:", *paths, summary, sep="\n  ")
+    print("saved:", *paths, sep="\n  ")
     return 0
 
 
@@ -115,8 +124,6 @@ def build_parser() -> argparse.ArgumentParser:
                                     description="Run notebooks 01 -> 02 -> 03 into <run folder>/notebooks; "
                                                 "rerunning resumes.")
     _study_options(reproduce)
-    reproduce.add_argument("--fresh", action="store_true",
-                           help="delete the run folder first (only an effrank run folder inside --results)")
     reproduce.add_argument("--kernel", default=None, help="Jupyter kernel (default: the notebooks' own, 'effrank')")
     reproduce.add_argument("--cell-timeout", type=int, default=None, metavar="SECONDS",
                            help="stop a notebook cell that runs longer (0: no limit; default: 2 h for the teacher "
@@ -137,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.set_defaults(run=_analyze)
 
     lab = commands.add_parser("lab", help="open JupyterLab on the notebooks")
-    lab.add_argument("--notebook-dir", type=Path, default=NOTEBOOKS, help=f"default: {NOTEBOOKS}")
+    lab.add_argument("--notebook-dir", type=Path, default=DEFAULT_NOTEBOOK_DIR, help=f"default: {DEFAULT_NOTEBOOK_DIR}")
     lab.add_argument("jupyter_args", nargs=argparse.REMAINDER, help="passed on to jupyter lab")
     lab.set_defaults(run=_lab)
     return parser

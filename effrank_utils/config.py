@@ -129,8 +129,8 @@ def _int_list(name: str, value: Any, allow_zero: bool = False) -> tuple[int, ...
 
 
 def _registries() -> dict[str, tuple[str, ...]]:
-    """The names each extension point accepts, from the modules that implement them (imported on first use, so
-    that reading a config does not load the training side)."""
+    """The names each extension point accepts, from the modules that implement them (imported on first use:
+    reading back a saved config does not use them, so the analysis side never loads the training side)."""
     from .data import DATASETS
     from .distill import LOSSES
     from .executors import EXECUTORS
@@ -143,10 +143,11 @@ def _registries() -> dict[str, tuple[str, ...]]:
             "sweep_mode": SWEEP_MODES}
 
 
-def _validate_fields(values: dict) -> dict:
-    """Check each field on its own; returns normalized values (tuples, floats)."""
+def _validate_fields(values: dict, registries: bool = True) -> dict:
+    """Check each field on its own; returns normalized values (tuples, floats). ``registries``: also check the
+    names of the extension points (dataset, loss, init, targets, ...) against their implementations."""
     v = dict(values)
-    for name, allowed in _registries().items():
+    for name, allowed in _registries().items() if registries else ():
         _choice(name, v[name], allowed)
     if v["workers"] is not None:
         v["workers"] = _positive_int("workers", v["workers"])
@@ -174,9 +175,10 @@ def _validate_fields(values: dict) -> dict:
     if len(v["ranks"]) < 2:
         raise ValueError(f"ranks: at least 2 ranks are needed for a curve, got {list(v['ranks'])}")
     v["seeds"] = _int_list("seeds", v["seeds"], allow_zero=True)
-    from .factorize import resolve_targets
     targets = [v["targets"]] if isinstance(v["targets"], str) else list(v["targets"])
-    resolve_targets(targets)
+    if registries:
+        from .factorize import resolve_targets
+        resolve_targets(targets)
     v["targets"] = tuple(targets)
     v["band"] = validate_band(v["band"])
     reference = v["reference"]
@@ -223,18 +225,21 @@ def check_runnable(config: StudyConfig) -> None:
                          f"layer of {config.model})")
 
 
-def make_config(values: dict, check_environment: bool = True) -> StudyConfig:
-    """Build a validated :class:`StudyConfig` from a dict; unknown keys are refused by name.
-
-    ``check_environment`` also runs :func:`check_runnable` (data source, device, architecture and ranks);
-    reading back a saved config skips it, since a finished study can be analyzed anywhere.
-    """
+def _from_dict(values: dict, registries: bool) -> StudyConfig:
     unknown = sorted(set(values) - set(FIELD_NAMES))
     if unknown:
         raise ValueError(f"unknown config field(s) {', '.join(map(repr, unknown))}; known fields: "
                          + ", ".join(FIELD_NAMES))
     merged = {f.name: f.default for f in fields(StudyConfig)} | dict(values)
-    config = StudyConfig(**_validate_fields(merged))
+    return StudyConfig(**_validate_fields(merged, registries))
+
+
+def make_config(values: dict, check_environment: bool = True) -> StudyConfig:
+    """Build a validated :class:`StudyConfig` from a dict; unknown keys are refused by name.
+
+    ``check_environment`` also runs :func:`check_runnable` (data source, device, architecture and ranks).
+    """
+    config = _from_dict(values, registries=True)
     _validate_combination(config)
     if check_environment:
         check_runnable(config)
@@ -242,9 +247,10 @@ def make_config(values: dict, check_environment: bool = True) -> StudyConfig:
 
 
 def config_from_json(data: dict) -> StudyConfig:
-    """Rebuild a config saved with :meth:`StudyConfig.to_dict` (lists become tuples again; fields are
-    validated, the machine and data source are not)."""
-    return make_config(data, check_environment=False)
+    """Rebuild a config that effrank validated and saved (:meth:`StudyConfig.to_dict`): lists become tuples
+    again and field types are checked; names, combinations, the machine and the data source are not (a
+    finished study can be analyzed anywhere, without loading the training side)."""
+    return _from_dict(data, registries=False)
 
 
 def diff(saved: dict, current: dict, names: tuple[str, ...]) -> dict[str, tuple[Any, Any]]:

@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
+from .run_folder import NOTEBOOK_DIR
+
 NOTEBOOKS = ("01_train_teacher.ipynb", "02_rank_sweep.ipynb", "03_effective_rank_analysis.ipynb")
 DEFAULT_NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -111,7 +113,7 @@ def run_notebooks(preset: str, run_dir: Path, overrides: dict[str, Any], noteboo
     from nbclient.exceptions import CellTimeoutError
     from papermill.exceptions import PapermillExecutionError
 
-    out_dir = run_dir / "notebooks"
+    out_dir = run_dir / NOTEBOOK_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     offered = {"preset": preset, "run_dir": str(run_dir.resolve()), "overrides": overrides}
     executed = []

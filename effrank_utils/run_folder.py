@@ -37,6 +37,7 @@ import pandas as pd
 from . import __version__
 from .config import STUDY_FIELDS, TEACHER_FIELDS, StudyConfig, config_from_json, diff
 from .storage import (
+    CORRUPT_SUFFIX,
     CorruptFile,
     ensure_writable_dir,
     file_lock,
@@ -55,6 +56,7 @@ CONFIG_JSON = "config.json"
 SWEEP_CSV = "sweep.csv"
 SUMMARY_JSON = "summary.json"
 COVERAGE_JSON = "coverage.json"
+RUN_LOCK = "run.lock"
 TASK_DIR = "tasks"
 TEACHER_FILE = "teacher.pt"
 TEACHER_JSON = "teacher.json"
@@ -64,6 +66,9 @@ TEACHER_LOCK = "teacher.lock"
 TEACHER_CACHE_DIR = "teacher_cache"
 FIGURE_DIR = "figures"
 NOTEBOOK_DIR = "notebooks"
+RUN_FOLDER_NAMES = frozenset({CONFIG_JSON, SWEEP_CSV, SUMMARY_JSON, COVERAGE_JSON, RUN_LOCK, TASK_DIR, TEACHER_FILE,
+                              TEACHER_JSON, TEACHER_STATE_FILE, TEACHER_METRICS_CSV, TEACHER_LOCK, TEACHER_CACHE_DIR,
+                              FIGURE_DIR, NOTEBOOK_DIR})
 WRITTEN_BY = "effrank"
 WORKER_FAILURE = "worker failed"
 COLUMNS = ("rank", "seed", "status", "params", "teacher_params", "compression", "final_accuracy",
@@ -99,14 +104,15 @@ def study_identity(config: StudyConfig, data_fingerprint: str, names: tuple[str,
 
 
 def check_same_study(where: str, saved_config: dict, saved_fingerprint: str | None, config: StudyConfig,
-                     data_fingerprint: str, names: tuple[str, ...] = STUDY_FIELDS) -> None:
-    """Refuse ``where`` (a folder or file) if it was made with other values of ``names`` or other data."""
+                     data_fingerprint: str | None, names: tuple[str, ...] = STUDY_FIELDS) -> None:
+    """Refuse ``where`` (a folder or file) if it was made with other values of ``names`` or other data (not
+    compared when ``data_fingerprint`` is None)."""
     mismatch = diff(saved_config, config.to_dict(), names)
     if mismatch:
         details = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in mismatch.items())
         raise ValueError(f"{where} holds a study with a different config ({details}). Use a new run directory "
                          "(or --fresh) instead of mixing results.")
-    if saved_fingerprint != data_fingerprint:
+    if data_fingerprint is not None and saved_fingerprint != data_fingerprint:
         raise ValueError(f"{where} was made from different data (data fingerprint saved {saved_fingerprint}, now "
                          f"{data_fingerprint}; data_root {saved_config.get('data_root')!r} then, "
                          f"{config.data_root!r} now). Use a new run directory (or --fresh) instead of mixing "
@@ -137,33 +143,53 @@ def _teacher_record(run_dir: Path) -> dict | None:
     """The config and data fingerprint of the run folder's teacher (finished or in training), if it has one."""
     what_to_do = "delete teacher.json and teacher.pt to train the teacher again"
     if (run_dir / TEACHER_JSON).exists():
-        return read_json(run_dir / TEACHER_JSON, what_to_do)
+        record = read_json(run_dir / TEACHER_JSON, what_to_do)
+        if not isinstance(record, dict):
+            raise CorruptFile(f"{run_dir / TEACHER_JSON}: not a teacher record; {what_to_do}")
+        return record
     if (run_dir / TEACHER_FILE).exists():
         payload = load_checkpoint(run_dir / TEACHER_FILE, what_to_do=what_to_do)
         return {"config": json.loads(payload.get("config", "{}")), "data_fingerprint": payload.get("data_fingerprint")}
     return None
 
 
+def check_config(run_dir: str | Path, config: StudyConfig) -> None:
+    """Refuse ``run_dir`` if it is a folder effrank did not make, or if it holds a study with other settings
+    (the config's fields only: cheap, before the data is loaded)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return
+    foreign = sorted(name for p in run_dir.iterdir() if not (name := p.name).startswith(".")
+                     and name.split(CORRUPT_SUFFIX)[0] not in RUN_FOLDER_NAMES)
+    if foreign:
+        raise ValueError(f"run_dir: {run_dir} is not empty and not an effrank run folder (it holds {foreign[:3]}); "
+                         "use a new or empty folder")
+    if (run_dir / CONFIG_JSON).exists():
+        check_same_study(f"run_dir: {run_dir}", read_record(run_dir)["config"], None, config, None)
+
+
 def prepare_run(config: StudyConfig, run_dir: str | Path, data_fingerprint: str) -> Path:
-    """Check that ``run_dir`` is writable and either new or made by the same study -- its ``config.json``, its
-    teacher and its rows, all before anything is written --; clean up what an interrupted write left; save
-    ``config.json``.
+    """Check that ``run_dir`` is writable and either new (or empty) or made by the same study -- its
+    ``config.json``, its teacher and its rows, all before anything is written --; clean up what an interrupted
+    write left; save ``config.json``. Serialized between processes, so two studies never share a folder.
 
     Ranks, seeds, band, reference and execution settings may change between runs of one study (a sweep can be
     extended); the fields that define the teacher and the students, and the data, may not.
     """
     run_dir = ensure_writable_dir(run_dir)
-    if (run_dir / CONFIG_JSON).exists():
-        record = read_record(run_dir)
-        check_same_study(f"run_dir: {run_dir}", record["config"], record.get("data_fingerprint"), config,
-                         data_fingerprint)
-    teacher = _teacher_record(run_dir)
-    if teacher is not None:
-        check_same_study(f"run_dir: {run_dir} (its teacher)", teacher.get("config", {}),
-                         teacher.get("data_fingerprint"), config, data_fingerprint, TEACHER_FIELDS)
-    check_rows(run_dir, study_identity(config, data_fingerprint))
-    remove_stale_temporaries(run_dir)
-    write_record(run_dir, config, data_fingerprint)
+    with file_lock(run_dir / RUN_LOCK):
+        check_config(run_dir, config)
+        if (run_dir / CONFIG_JSON).exists():
+            check_same_study(f"run_dir: {run_dir}", read_record(run_dir)["config"],
+                             read_record(run_dir).get("data_fingerprint"), config, data_fingerprint)
+        teacher = _teacher_record(run_dir)
+        if teacher is not None:
+            check_same_study(f"run_dir: {run_dir} (its teacher)", teacher.get("config", {}),
+                             teacher.get("data_fingerprint"), config, data_fingerprint, TEACHER_FIELDS)
+        check_rows(run_dir, study_identity(config, data_fingerprint))
+        remove_stale_temporaries(run_dir, RUN_FOLDER_NAMES)
+        remove_stale_temporaries(run_dir / TASK_DIR)
+        write_record(run_dir, config, data_fingerprint)
     return run_dir
 
 
@@ -219,7 +245,10 @@ def read_row(run_dir: str | Path, task: Task) -> dict | None:
         problem = str(exc)
     if problem is None:
         return row
-    moved = quarantine(path)
+    try:
+        moved = quarantine(path)
+    except FileNotFoundError:  # another process moved it aside first
+        return None
     log.warning("%s: %s; moved aside to %s, the task will be trained again", path, problem, moved.name)
     return None
 
@@ -287,7 +316,17 @@ def read_sweep(run_dir: str | Path) -> pd.DataFrame:
     path = Path(run_dir) / SWEEP_CSV
     if not path.exists():
         return pd.DataFrame(columns=list(COLUMNS))
-    return pd.read_csv(path)
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        table, problem = None, str(exc)
+    else:
+        missing = [c for c in ("rank", "seed", "status", "final_accuracy") if c not in table.columns]
+        problem = f"missing columns {missing}" if missing else None
+    if problem:
+        raise CorruptFile(f"{path}: not a sweep table ({problem}); delete it: the next sweep rebuilds it from "
+                          f"{TASK_DIR}/")
+    return table
 
 
 def failed_tasks(table: pd.DataFrame) -> list[str]:

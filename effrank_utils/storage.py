@@ -15,7 +15,7 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Collection, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +98,16 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
     return path
 
 
-def remove_stale_temporaries(folder: str | Path, older_than: float = 600.0) -> list[Path]:
-    """Delete the temporary files that writes killed midway left under ``folder`` (untouched for
-    ``older_than`` seconds, so that a write in progress elsewhere is never disturbed); returns them."""
+def remove_stale_temporaries(folder: str | Path, owners: Collection[str] | None = None,
+                             older_than: float = 600.0) -> list[Path]:
+    """Delete the temporary files that writes killed midway left in ``folder`` (not below it): those of
+    :func:`atomic_write` for a file named in ``owners`` (any, if None), untouched for ``older_than`` seconds so
+    that a write in progress elsewhere is never disturbed. Returns them."""
     cutoff = time.time() - older_than
     removed = []
-    for tmp in Path(folder).rglob(f".*{TEMP_SUFFIX}"):
+    for tmp in Path(folder).glob(f".*{TEMP_SUFFIX}"):
+        if owners is not None and not any(tmp.name.startswith(f".{owner}.") for owner in owners):
+            continue
         with contextlib.suppress(FileNotFoundError):
             if tmp.is_file() and tmp.stat().st_mtime < cutoff:
                 tmp.unlink()

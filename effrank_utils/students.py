@@ -69,8 +69,8 @@ def train_students(config: StudyConfig, teacher: torch.nn.Module, data: ImageDat
     loss = DistillationLoss(teacher, config.loss, config.kd_temperature, config.kd_alpha, cache)
     label = ",".join(str(t.rank) for t in tasks)
     results = fit(students, loss, pipeline, recipe_for(config, "student"), seed=seed, amp=config.amp,
-                  state_path=state_path, checkpoint_every=config.checkpoint_every,
-                  desc=f"rank {label} seed {seed}")
+                  state_path=state_path, state_tag=study_identity(config, data.fingerprint()),
+                  checkpoint_every=config.checkpoint_every, desc=f"rank {label} seed {seed}")
     seconds = (time.perf_counter() - tic) / len(tasks)
     teacher_params = count_parameters(teacher)
     return [_row(t, config, teacher_params, count_parameters(s), z, r, seconds)

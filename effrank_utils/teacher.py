@@ -29,6 +29,7 @@ from .run_folder import (
     TEACHER_STATE_FILE,
     check_same_study,
     prepare_run,
+    study_identity,
 )
 from .storage import CorruptFile, file_lock, load_checkpoint, read_json, save_checkpoint, write_json, write_text
 from .training import fit, recipe_for
@@ -115,10 +116,11 @@ def _train(config: StudyConfig, run_dir: Path, data: ImageData) -> Teacher:
     model = build_model(config, data.num_classes, data.channels).to(device)
     pipeline = pipeline_for(config, data.to(device), config.teacher_batch_size)
     state_path = run_dir / TEACHER_STATE_FILE
-    _check_state_matches(run_dir, config, data.fingerprint())
     _write_status(run_dir, config, data, "training")
     (result,) = fit([model], CrossEntropy(), pipeline, recipe_for(config, "teacher"), seed=config.seed,
-                    amp=config.amp, state_path=state_path, checkpoint_every=config.checkpoint_every, desc="teacher",
+                    amp=config.amp, state_path=state_path,
+                    state_tag=study_identity(config, data.fingerprint(), TEACHER_FIELDS),
+                    checkpoint_every=config.checkpoint_every, desc="teacher",
                     on_epoch=lambda _, results: write_text(run_dir / TEACHER_METRICS_CSV,
                                                            history_csv(results[0].history)))
     if result.failure:
@@ -132,12 +134,3 @@ def _train(config: StudyConfig, run_dir: Path, data: ImageData) -> Teacher:
     state_path.unlink(missing_ok=True)
     log.info("teacher: test accuracy %.4f after %d epochs", teacher.accuracy, len(result.history))
     return teacher
-
-
-def _check_state_matches(run_dir: Path, config: StudyConfig, data_fingerprint: str) -> None:
-    """A half-trained teacher from another config or data must not be resumed into this one."""
-    meta = run_dir / TEACHER_JSON
-    if (run_dir / TEACHER_STATE_FILE).exists() and meta.exists():
-        saved = read_json(meta, "delete it and teacher.state.pt to train the teacher from the start")
-        check_same_study(f"{run_dir / TEACHER_STATE_FILE} (a partly trained teacher)", saved["config"],
-                         saved.get("data_fingerprint"), config, data_fingerprint, TEACHER_FIELDS)

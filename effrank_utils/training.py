@@ -125,17 +125,18 @@ def evaluate(model: nn.Module, pipeline: BatchPipeline, amp: bool = False) -> fl
 
 
 def _restore(state_path: Path | None, models: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer],
-             device: torch.device) -> tuple[int, list[FitResult]]:
+             device: torch.device, tag: str | None) -> tuple[int, list[FitResult]]:
     results = [FitResult() for _ in models]
     if state_path is None or not state_path.exists():
         return 0, results
     try:
         state = load_checkpoint(state_path, map_location=device)
-    except CorruptFile as exc:  # only progress is lost: start over
+        if state.get("tag") != tag or len(state["models"]) != len(models):
+            raise CorruptFile(f"{state_path}: a checkpoint of other settings or data (tag {state.get('tag')}, "
+                              f"now {tag})")
+    except (CorruptFile, KeyError) as exc:  # only progress is lost: start over
         log.warning("%s; moved aside to %s, training starts over", exc, quarantine(state_path).name)
         return 0, results
-    if len(state["models"]) != len(models):
-        raise ValueError(f"checkpoint {state_path} holds {len(state['models'])} models, expected {len(models)}")
     for model, opt, m_state, o_state in zip(models, optimizers, state["models"], state["optimizers"]):
         model.load_state_dict(m_state)
         opt.load_state_dict(o_state)
@@ -145,9 +146,10 @@ def _restore(state_path: Path | None, models: Sequence[nn.Module], optimizers: S
     return int(state["epoch"]), results
 
 
-def _checkpoint(state_path: Path, epoch: int, models: Sequence[nn.Module],
+def _checkpoint(state_path: Path, tag: str | None, epoch: int, models: Sequence[nn.Module],
                 optimizers: Sequence[torch.optim.Optimizer], results: Sequence[FitResult]) -> None:
     save_checkpoint(state_path, {
+        "tag": tag,
         "epoch": epoch,
         "models": [m.state_dict() for m in models],
         "optimizers": [o.state_dict() for o in optimizers],
@@ -156,19 +158,21 @@ def _checkpoint(state_path: Path, epoch: int, models: Sequence[nn.Module],
 
 
 def fit(models: Sequence[nn.Module], objective: Objective, pipeline: BatchPipeline, recipe: Recipe, *, seed: int,
-        amp: bool = False, state_path: str | Path | None = None, checkpoint_every: int = 1,
-        desc: str = "training", on_epoch: Callable[[int, list[FitResult]], None] | None = None
-        ) -> list[FitResult]:
+        amp: bool = False, state_path: str | Path | None = None, state_tag: str | None = None,
+        checkpoint_every: int = 1, desc: str = "training",
+        on_epoch: Callable[[int, list[FitResult]], None] | None = None) -> list[FitResult]:
     """Train ``models`` in lockstep on one batch stream; returns one :class:`FitResult` per model.
 
     Per batch, ``objective.shared`` runs once; then each active model in turn computes its loss, backpropagates
     and steps (so only one model's graph is alive at a time). With ``state_path``, the state is saved every
-    ``checkpoint_every`` epochs and at the end, and training resumes from it when it exists.
+    ``checkpoint_every`` epochs and at the end, and training resumes from it when it exists and carries the same
+    ``state_tag`` (the identity of what is trained); a damaged checkpoint, or one of another tag, is moved aside
+    and training starts over.
     """
     device = pipeline.data.train_images.device
     state_path = Path(state_path) if state_path is not None else None
     optimizers = [make_optimizer(m, recipe, device) for m in models]
-    start, results = _restore(state_path, models, optimizers, device)
+    start, results = _restore(state_path, models, optimizers, device, state_tag)
     steps = pipeline.steps_per_epoch()
     bar = tqdm(range(start, recipe.epochs), desc=desc, leave=False, initial=start, total=recipe.epochs)
     for epoch in bar:
@@ -204,7 +208,7 @@ def fit(models: Sequence[nn.Module], objective: Objective, pipeline: BatchPipeli
                                        "test_accuracy": evaluate(models[i], pipeline, amp)})
         last = epoch + 1 == recipe.epochs
         if state_path is not None and (last or (checkpoint_every and (epoch + 1) % checkpoint_every == 0)):
-            _checkpoint(state_path, epoch + 1, models, optimizers, results)
+            _checkpoint(state_path, state_tag, epoch + 1, models, optimizers, results)
         fault_point(f"epoch_done:{desc}:{epoch + 1}")
         if on_epoch is not None:
             on_epoch(epoch + 1, results)

@@ -45,9 +45,18 @@ def test_no_import_cycle():
             visit(module, [])
 
 
-def test_importing_the_analysis_side_loads_no_training_code():
+def test_the_analysis_side_loads_no_training_code(tmp_path):
+    from effrank_utils.presets import load_preset
+    from effrank_utils.run_folder import SWEEP_CSV, TEACHER_JSON, write_record
+    from effrank_utils.storage import write_json
+    write_record(tmp_path, load_preset("smoke"), "fingerprint")
+    write_json(tmp_path / TEACHER_JSON, {"status": "done", "accuracy": 0.9})
+    (tmp_path / SWEEP_CSV).write_text("rank,seed,status,params,teacher_params,final_accuracy\n"
+                                      "1,0,ok,10,100,0.5\n2,0,ok,20,100,0.8\n4,0,ok,40,100,0.9\n")
     code = ("import sys\nimport effrank_utils.curves, effrank_utils.analysis, effrank_utils.plotting, "
             "effrank_utils.panel\n"
+            "from effrank_utils.analysis import analyze, load_study, summary_text\n"
+            f"study = load_study({str(tmp_path)!r})\nsummary_text(study, analyze(study))\n"
             "print(','.join(sorted(m.split('.')[1] for m in sys.modules if m.startswith('effrank_utils.'))))\n"
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()

@@ -169,3 +169,22 @@ def test_makefile_passes_paths_with_spaces(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert "unrecognized arguments" not in proc.stderr
     assert "error: loss: unknown value 'l2'" in proc.stderr
+
+
+def test_reproduce_refuses_another_studys_folder_before_running_notebooks(analyzed_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(analyzed_run[0], run_dir)
+    proc = effrank("reproduce", *SMOKE, "--set", "student_epochs=2", "--run-dir", str(run_dir))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith("error: run_dir: ") and "student_epochs: saved 1, now 2" in proc.stderr
+    assert not (run_dir / "notebooks").exists()
+
+
+@pytest.mark.parametrize("content", ["", "a,b\n1,2\n"])
+def test_analyze_names_a_damaged_sweep_table(analyzed_run, tmp_path, content):
+    run_dir = tmp_path / "run"
+    shutil.copytree(analyzed_run[0], run_dir)
+    (run_dir / "sweep.csv").write_text(content)
+    proc = effrank("analyze", str(run_dir))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"error: {run_dir / 'sweep.csv'}: not a sweep table")

@@ -197,3 +197,32 @@ def test_waiting_for_a_lock_says_who_holds_it(tmp_path, caplog):
     messages = [r.getMessage() for r in caplog.records if "waiting for task.lock" in r.getMessage()]
     assert len(messages) >= 2  # announced when the wait starts, then again while it lasts
     assert f"held by process {os.getpid()} on " in messages[0] and " since " in messages[0]
+
+
+def test_a_folder_that_is_not_a_run_folder_is_refused_and_left_alone(tmp_path):
+    (tmp_path / "project" / "deep").mkdir(parents=True)
+    swap = tmp_path / "project" / "deep" / ".notes.swp.tmp"
+    swap.write_text("a user's file")
+    old = time.time() - 3600
+    os.utime(swap, (old, old))
+    (tmp_path / "thesis.tex").write_text("keep me")
+    with pytest.raises(ValueError, match=r"run_dir: .* is not empty and not an effrank run folder .*thesis\.tex"):
+        sweep.run_sweep(load_preset("smoke", **SMOKE), tmp_path)
+    assert swap.exists() and not (tmp_path / "config.json").exists()
+
+
+def test_a_student_checkpoint_of_other_settings_is_not_resumed(finished, run_copy):
+    """A killed run leaves a half-trained student; config.json is deleted and the student rerun with another
+    learning rate: the old progress must not be resumed under the new identity."""
+    import shutil
+    (run_copy / "config.json").unlink()
+    other = load_preset("smoke", **SMOKE, student_lr=1e-3, student_epochs=3)
+    for row in (run_copy / "tasks").glob("r*_s*.json"):
+        row.unlink()
+    from effrank_utils.storage import save_checkpoint
+    save_checkpoint(run_copy / "tasks" / "state_r00001_s0.pt",
+                    {"tag": "another study", "epoch": 3, "models": [], "optimizers": [], "results": "[]"})
+    table = sweep.run_sweep(other, run_copy)
+    assert (run_copy / "tasks" / "state_r00001_s0.pt.corrupt").exists()
+    assert table.set_index("rank").loc[1, "epochs"] == 3 and (table["status"] == "ok").all()
+    shutil.rmtree(run_copy)

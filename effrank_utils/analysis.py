@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 
 from .config import StudyConfig
+from .convergence import Convergence, convergence
 from .curves import EffectiveRankResult, effective_rank, sensitivity_table
-from .plotting import plot_effective_rank, save_figure
-from .run_folder import COVERAGE_JSON, SUMMARY_JSON, TEACHER_JSON, load_run_config, read_sweep
+from .plotting import plot_convergence, plot_effective_rank, save_figure
+from .run_folder import COVERAGE_JSON, SUMMARY_JSON, TEACHER_JSON, load_run_config, read_epochs, read_sweep
 from .storage import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ class Study:
     teacher_accuracy: float
     table: pd.DataFrame   # rows that finished successfully
     failed: pd.DataFrame  # rows whose training failed (excluded from every fit)
+    epochs: pd.DataFrame  # per-epoch records of the successful rows (empty for sweeps made without them)
 
     @property
     def ranks(self) -> np.ndarray:
@@ -62,8 +64,10 @@ def load_study(run_dir: str | Path) -> Study:
     if ok["rank"].nunique() < 2:
         raise ValueError(f"run_dir: {run_dir} has {ok['rank'].nunique()} finished rank(s); at least 2 are "
                          "needed for a curve (run the sweep)")
+    epochs = read_epochs(run_dir)
+    epochs = epochs.merge(ok[["rank", "seed"]], on=["rank", "seed"])  # rows that later failed or were redone
     return Study(run_dir, load_run_config(run_dir), float(teacher["accuracy"]), ok.reset_index(drop=True),
-                 failed.reset_index(drop=True))
+                 failed.reset_index(drop=True), epochs)
 
 
 def reference_value(study: Study, reference: str | float) -> float | str:
@@ -87,6 +91,24 @@ def analyze(study: Study, band: Sequence[float] = (0.85, 0.95), reference: str |
                           n_bootstrap=n_bootstrap)
 
 
+def study_convergence(study: Study, band: Sequence[float] = (0.85, 0.95), reference: str | float = "teacher"
+                      ) -> Convergence | None:
+    """Region and knee against the students' budget (a best-student reference is re-resolved at each budget);
+    ``None`` for a sweep made without per-epoch records."""
+    if study.epochs.empty:
+        return None
+    stop_reasons = study.table["stop_reason"].tolist() if "stop_reason" in study.table else []
+    return convergence(study.epochs, reference_value(study, reference), band, stop_reasons)
+
+
+NO_RECORDS = "convergence unknown (the sweep kept no per-epoch records)"
+
+
+def verdict(found: Convergence | None) -> str:
+    """``converged (...)`` / ``not converged: train longer (...)``, or why it cannot be said."""
+    return found.verdict() if found is not None else NO_RECORDS
+
+
 def region_facts(study: Study, result: EffectiveRankResult) -> dict:
     """Region, knee and the parameter count / compression at both ends of the region (where crossed).
 
@@ -105,9 +127,10 @@ def region_facts(study: Study, result: EffectiveRankResult) -> dict:
 INTERVAL_LABELS = {"region_low": "r_lo", "region_high": "r_hi", "knee": "knee"}
 
 
-def summary_text(study: Study, result: EffectiveRankResult) -> str:
-    """One paragraph for people: region, knee (or why it is undefined), what the region costs in parameters and,
-    with several seeds, the bootstrap intervals (a censored one says in how many resamples its level was missed)."""
+def summary_text(study: Study, result: EffectiveRankResult, found: Convergence | None = None) -> str:
+    """One paragraph for people: region, knee (or why it is undefined), what the region costs in parameters,
+    with several seeds the bootstrap intervals (a censored one says in how many resamples its level was missed),
+    and whether the estimate has converged in the students' budget (``found``, when given)."""
     f = region_facts(study, result)
     text = (f"Effective-rank region [{f['region_low']}, {f['region_high']}] for {result.band[0]:.0%}-"
             f"{result.band[1]:.0%} of reference accuracy {result.reference:.4f}; effective knee "
@@ -122,6 +145,8 @@ def summary_text(study: Study, result: EffectiveRankResult) -> str:
         ) + "."
     if len(study.failed):
         text += f" {len(study.failed)} failed student(s) excluded."
+    if found is not None:
+        text += f" Budget: {found.verdict()}."
     return text
 
 
@@ -134,10 +159,13 @@ def summary(study: Study, result: EffectiveRankResult, reference: str | float) -
     missing by why, and ``describe``.
     """
     fitted = result.to_dict()
+    found = study_convergence(study, result.band, reference)
+    config = study.config
     return {
-        "preset": study.config.preset,
-        "estimator": {"init": study.config.init, "loss": study.config.loss,
-                      "student_epochs": study.config.student_epochs, "targets": list(study.config.targets)},
+        "preset": config.preset,
+        "estimator": {"init": config.init, "loss": config.loss, "student_epochs": config.student_epochs,
+                      "student_patience": config.student_patience, "student_schedule": config.student_schedule,
+                      "validation_fraction": config.validation_fraction, "targets": list(config.targets)},
         "teacher_accuracy": study.teacher_accuracy,
         "reference": {"kind": reference if isinstance(reference, str) else "value", "accuracy": result.reference},
         "band": list(result.band),
@@ -148,6 +176,8 @@ def summary(study: Study, result: EffectiveRankResult, reference: str | float) -
         "intervals": fitted["intervals"],    # name -> {low, high, reached, censored, resamples, ..., describe}
         "facts": region_facts(study, result),
         "failed_students": len(study.failed),
+        "converged": found.converged if found is not None else None,  # None: no per-epoch records
+        "convergence": found.to_dict() if found is not None else None,
         "coverage": read_json(study.run_dir / COVERAGE_JSON) if (study.run_dir / COVERAGE_JSON).exists() else None,
         "table": study.table.replace({np.nan: None}).to_dict(orient="records"),
         "config": study.config.to_dict(),
@@ -160,8 +190,12 @@ def write_summary(study: Study, result: EffectiveRankResult, reference: str | fl
 
 
 def save_results(study: Study, result: EffectiveRankResult, reference: str | float) -> list[Path]:
-    """The study's figure (PNG and SVG) and ``summary.json``, written into its run folder; returns the paths."""
+    """The study's figures (PNG and SVG: the curve, and region and knee against the budget when the sweep kept
+    per-epoch records) and ``summary.json``, written into its run folder; returns the paths."""
     figures = save_figure(plot_effective_rank(study, result), study.run_dir, "effective_rank")
+    found = study_convergence(study, result.band, reference)
+    if found is not None:
+        figures += save_figure(plot_convergence({study.config.init: found}), study.run_dir, "convergence")
     return [*figures, write_summary(study, result, reference)]
 
 
@@ -183,6 +217,12 @@ def headline(run_dir: str | Path) -> str:
     lo, hi = summary["band"]
     knee = f"knee {summary['knee']:.2f}" if summary["knee"] is not None else f"knee {summary['knee_status']}"
     censored = [i["describe"] for i in (summary["intervals"] or {}).values() if i["censored"]]
+    found = summary.get("convergence")
+    budget = (f"up to {estimator['student_epochs']} epochs, stopping at a validation plateau (patience "
+              f"{estimator['student_patience']})" if estimator.get("student_patience")
+              else f"{estimator['student_epochs']} epochs")
     return (f"effective-rank region [{facts['region_low']}, {facts['region_high']}] ({lo:.0%}-{hi:.0%} of "
-            f"{reference['kind']} accuracy {reference['accuracy']:.4f}), {knee}; estimator: {estimator['init']} init, "
-            f"{estimator['loss']} loss, {estimator['student_epochs']} epochs" + "".join(f"; {c}" for c in censored))
+            f"{reference['kind']} accuracy {reference['accuracy']:.4f}), {knee}; "
+            + (found["verdict"] if found else NO_RECORDS)
+            + f"; estimator: {estimator['init']} init, {estimator['loss']} loss, {budget}"
+            + "".join(f"; {c}" for c in censored))

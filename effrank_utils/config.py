@@ -28,6 +28,7 @@ class StudyConfig:
     crop_padding: int = 0              # random crop with this zero padding (0: off)
     hflip: bool = False
     normalization: str = "dataset"     # per-channel stats of the training split, or ImageNet's
+    validation_fraction: float = 0.0  # of the training split, held out to decide early stopping (0: none)
     # model
     model: str = "small_vit"            # small_vit, vit_b_32 (torchvision) or any timm model name
     pretrained: bool = False
@@ -44,6 +45,7 @@ class StudyConfig:
     teacher_batch_size: int = 64
     teacher_warmup_epochs: int = 5
     teacher_schedule: str = "cosine"
+    teacher_patience: int = 0          # stop after this many epochs without a better validation accuracy (0: never)
     # students
     ranks: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     seeds: tuple[int, ...] = (0,)
@@ -58,6 +60,7 @@ class StudyConfig:
     student_batch_size: int = 64
     student_warmup_epochs: int = 0
     student_schedule: str = "cosine"
+    student_patience: int = 0          # as teacher_patience; student_epochs is then the cap
     # execution
     seed: int = 0                      # data split and teacher
     device: str = "auto"
@@ -84,12 +87,13 @@ class StudyConfig:
 
 
 FIELD_NAMES = tuple(f.name for f in fields(StudyConfig))
-TEACHER_FIELDS = ("dataset", "train_subset", "crop_padding", "hflip", "normalization", "model", "pretrained",
-                  "image_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "teacher_epochs",
-                  "teacher_lr", "teacher_weight_decay", "teacher_batch_size", "teacher_warmup_epochs",
-                  "teacher_schedule", "seed")
+TEACHER_FIELDS = ("dataset", "train_subset", "crop_padding", "hflip", "normalization", "validation_fraction",
+                  "model", "pretrained", "image_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio",
+                  "teacher_epochs", "teacher_lr", "teacher_weight_decay", "teacher_batch_size",
+                  "teacher_warmup_epochs", "teacher_schedule", "teacher_patience", "seed")
 STUDENT_FIELDS = ("init", "loss", "kd_temperature", "kd_alpha", "targets", "student_epochs", "student_lr",
-                  "student_weight_decay", "student_batch_size", "student_warmup_epochs", "student_schedule")
+                  "student_weight_decay", "student_batch_size", "student_warmup_epochs", "student_schedule",
+                  "student_patience")
 STUDY_FIELDS = TEACHER_FIELDS + STUDENT_FIELDS  # what a study's results depend on (with the data's content)
 
 
@@ -157,7 +161,8 @@ def _validate_fields(values: dict, registries: bool = True) -> dict:
                  "teacher_batch_size", "student_epochs", "student_batch_size", "eval_batch_size", "fuse",
                  "refine_rounds"):
         v[name] = _positive_int(name, v[name])
-    for name in ("crop_padding", "teacher_warmup_epochs", "student_warmup_epochs", "checkpoint_every", "seed"):
+    for name in ("crop_padding", "teacher_warmup_epochs", "student_warmup_epochs", "checkpoint_every", "seed",
+                 "teacher_patience", "student_patience"):
         v[name] = _positive_int(name, v[name], allow_zero=True)
     if v["train_subset"] is not None:
         v["train_subset"] = _positive_int("train_subset", v["train_subset"])
@@ -166,6 +171,9 @@ def _validate_fields(values: dict, registries: bool = True) -> dict:
     for name in ("teacher_weight_decay", "student_weight_decay"):
         v[name] = _positive_float(name, v[name], allow_zero=True)
     v["kd_alpha"] = _positive_float("kd_alpha", v["kd_alpha"], allow_zero=True)
+    v["validation_fraction"] = _positive_float("validation_fraction", v["validation_fraction"], allow_zero=True)
+    if v["validation_fraction"] >= 0.5:
+        raise ValueError(f"validation_fraction: must lie in [0, 0.5), got {v['validation_fraction']!r}")
     if v["kd_alpha"] > 1:
         raise ValueError(f"kd_alpha: must lie in [0, 1], got {v['kd_alpha']!r}")
     for name in ("download", "hflip", "pretrained", "amp", "cache_teacher"):
@@ -196,6 +204,15 @@ def _validate_combination(config: StudyConfig) -> None:
     if config.cache_teacher and LOSSES[config.loss].needs_block_outputs:
         raise ValueError(f"cache_teacher: the teacher cache holds logits only; the {config.loss} loss needs block "
                          "outputs (use loss kd or logits, or cache_teacher=False)")
+    for role in ("teacher", "student"):
+        if getattr(config, f"{role}_patience") == 0:
+            continue
+        if config.validation_fraction == 0:
+            raise ValueError(f"{role}_patience: early stopping is judged on a validation split; set "
+                             "validation_fraction > 0 (e.g. 0.1) or the patience to 0")
+        if getattr(config, f"{role}_schedule") == "cosine":
+            raise ValueError(f"{role}_patience: a cosine schedule is tied to {role}_epochs, so stopping early cuts "
+                             f"it short; use {role}_schedule='constant' with early stopping, or the patience to 0")
     if config.pretrained and config.normalization != "imagenet":
         raise ValueError("normalization: pretrained weights expect 'imagenet' normalization, got "
                          f"{config.normalization!r}")

@@ -33,6 +33,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CACHE_ENV = "EFFRANK_CACHE"
 DIGITS_TEST_FRACTION = 0.2
 _MEMOS = ("_stats", "_fingerprint")  # per-object results that stay valid for a copy on another device
+SPLITS = ("train", "val", "test")
 
 
 class DatasetNotAvailable(FileNotFoundError):
@@ -45,7 +46,10 @@ class CorruptImage(ValueError):
 
 @dataclass(frozen=True)
 class ImageData:
-    """A dataset in memory: uint8 images ``N x C x H x W`` and int64 labels for both splits."""
+    """A dataset in memory: uint8 images ``N x C x H x W`` and int64 labels for each split.
+
+    ``val_*`` is a validation split held out from the training data (for early stopping); empty when none was
+    asked for. The test split is only ever reported, never used to decide anything."""
 
     name: str
     train_images: torch.Tensor
@@ -53,6 +57,23 @@ class ImageData:
     test_images: torch.Tensor
     test_labels: torch.Tensor
     num_classes: int
+    val_images: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.val_images is None:  # no validation split: empty tensors of the right shape and type
+            object.__setattr__(self, "val_images", self.train_images[:0])
+            object.__setattr__(self, "val_labels", self.train_labels[:0])
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and labels of ``train``, ``val`` or ``test``."""
+        if name not in SPLITS:
+            raise ValueError(f"split: unknown split {name!r}; allowed: {', '.join(SPLITS)}")
+        return getattr(self, f"{name}_images"), getattr(self, f"{name}_labels")
+
+    @property
+    def has_validation(self) -> bool:
+        return self.val_labels.numel() > 0
 
     @property
     def channels(self) -> int:
@@ -75,13 +96,16 @@ class ImageData:
         return self._memo("_stats", compute)
 
     def fingerprint(self) -> str:
-        """A hex digest of the content (both splits' images and labels, and ``num_classes``), computed once.
+        """A hex digest of the content (every split's images and labels, and ``num_classes``), computed once.
 
         The name and the folder the data came from do not enter it: the same pixels and labels give the same
         fingerprint wherever they were loaded from."""
         def compute() -> str:
             h = hashlib.sha256(f"num_classes={self.num_classes}".encode())
-            for field in ("train_images", "train_labels", "test_images", "test_labels"):
+            fields = ["train_images", "train_labels", "test_images", "test_labels"]
+            if self.has_validation:  # a folder made without a validation split keeps its fingerprint
+                fields += ["val_images", "val_labels"]
+            for field in fields:
                 array = np.ascontiguousarray(getattr(self, field).detach().cpu().numpy())
                 h.update(f"|{field}:{array.dtype}:{array.shape}|".encode())
                 h.update(array)
@@ -98,7 +122,7 @@ class ImageData:
             return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
 
         moved = ImageData(self.name, move(self.train_images), move(self.train_labels), move(self.test_images),
-                          move(self.test_labels), self.num_classes)
+                          move(self.test_labels), self.num_classes, move(self.val_images), move(self.val_labels))
         moved.__dict__.update({k: v for k, v in self.__dict__.items() if k in _MEMOS})
         return moved
 
@@ -351,26 +375,51 @@ def check_source(dataset: str, root: str | Path | None = None, download: bool = 
     return dataset_classes(dataset, root), spec.channels
 
 
+def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (sorted) of the training part and of a class-balanced validation part holding ``fraction`` of
+    ``labels``, reproducible for a seed. Every class needs an image in the validation part."""
+    size = round(fraction * labels.size)
+    classes = np.unique(labels).size
+    if size < classes or labels.size - size < classes:
+        raise ValueError(f"validation_fraction: {fraction} of {labels.size} training images gives {size} for "
+                         f"validation; a class-balanced split needs between {classes} (the number of classes) and "
+                         f"{labels.size - classes}")
+    from sklearn.model_selection import train_test_split
+    train, val = train_test_split(np.arange(labels.size), test_size=size, stratify=labels, random_state=seed)
+    return np.sort(train), np.sort(val)
+
+
 def load_data(dataset: str, *, root: str | Path | None = None, download: bool = False,
-              train_subset: int | None = None, seed: int = 0, image_size: int | None = None) -> ImageData:
+              train_subset: int | None = None, seed: int = 0, image_size: int | None = None,
+              validation_fraction: float = 0.0) -> ImageData:
     """Load a dataset by name into memory: ``digits`` (offline, bundled with scikit-learn), ``cifar10``,
     ``cifar100`` (torchvision; ``download`` for users with internet) or ``imagefolder`` (``root`` with
-    ``train/`` and ``test/`` or ``val/``; images resized to ``image_size`` if they differ)."""
+    ``train/`` and ``test/`` or ``val/``; images resized to ``image_size`` if they differ).
+
+    ``train_subset`` keeps a class-balanced subset of the training split; ``validation_fraction`` of what
+    remains is then held out as the validation split (class-balanced)."""
     request = LoadRequest.of(root, download=download, seed=seed, image_size=image_size)
     x_tr, y_tr, x_te, y_te, num_classes = _spec(dataset).loader(request)
+    y_tr = np.asarray(y_tr)
     if train_subset is not None:
-        keep = stratified_subset(np.asarray(y_tr), train_subset, seed)
-        x_tr, y_tr = x_tr[keep], np.asarray(y_tr)[keep]
-    as_long = lambda y: torch.as_tensor(np.asarray(y), dtype=torch.int64)  # noqa: E731
-    return ImageData(dataset, torch.from_numpy(np.ascontiguousarray(x_tr)), as_long(y_tr),
-                     torch.from_numpy(np.ascontiguousarray(x_te)), as_long(y_te), num_classes)
+        keep = stratified_subset(y_tr, train_subset, seed)
+        x_tr, y_tr = x_tr[keep], y_tr[keep]
+    x_val, y_val = x_tr[:0], y_tr[:0]
+    if validation_fraction > 0:
+        train, val = validation_split(y_tr, validation_fraction, seed)
+        x_tr, y_tr, x_val, y_val = x_tr[train], y_tr[train], x_tr[val], y_tr[val]
+    images = lambda x: torch.from_numpy(np.ascontiguousarray(x))  # noqa: E731
+    labels = lambda y: torch.as_tensor(np.asarray(y), dtype=torch.int64)  # noqa: E731
+    return ImageData(dataset, images(x_tr), labels(y_tr), images(x_te), labels(y_te), num_classes, images(x_val),
+                     labels(y_val))
 
 
 def load_data_for(config: StudyConfig) -> ImageData:
     """The dataset a config names (see :func:`load_data`)."""
     return load_data(config.dataset, root=config.data_root, download=config.download,
                      train_subset=config.train_subset, seed=config.seed,
-                     image_size=config.image_size if config.image_size <= 64 else None)
+                     image_size=config.image_size if config.image_size <= 64 else None,
+                     validation_fraction=config.validation_fraction)
 
 
 # ------------------------------------------------------------------------------------------------ batches
@@ -456,11 +505,12 @@ class BatchPipeline:
             images = self.augment(self.data.train_images[idx], offsets[idx], flips[idx])
             yield Batch(self.prepare(images), self.data.train_labels[idx], idx, epoch)
 
-    def test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The test split in order, un-augmented."""
-        for start in range(0, self.data.test_labels.numel(), self.eval_batch_size):
+    def eval_batches(self, split: str = "test") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """A split (``test`` or ``val``) in order, un-augmented."""
+        images, labels = self.data.split(split)
+        for start in range(0, labels.numel(), self.eval_batch_size):
             end = start + self.eval_batch_size
-            yield self.prepare(self.data.test_images[start:end]), self.data.test_labels[start:end]
+            yield self.prepare(images[start:end]), labels[start:end]
 
 
 def pipeline_for(config: StudyConfig, data: ImageData, batch_size: int) -> BatchPipeline:

@@ -1,9 +1,10 @@
-"""Figures of the study: teacher training curves, the sweep as it fills in, and the effective-rank plot."""
+"""Figures of the study: teacher training curves, the sweep as it fills in, the effective-rank plot, and region
+and knee against the students' training budget."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -15,6 +16,7 @@ from .run_folder import FIGURE_DIR
 
 if TYPE_CHECKING:
     from .analysis import Study
+    from .convergence import Convergence
 
 
 def save_figure(fig: Figure, run_dir: str | Path, name: str, formats: tuple[str, ...] = ("png", "svg")
@@ -152,3 +154,27 @@ def _compression_axis(ax: plt.Axes, study: "Study", log_x: bool, max_ticks: int 
     top = ax.secondary_xaxis("top")
     top.set_xticks(ranks[keep], labels=[f"{teacher / per_rank.iloc[i]:.1f}x" for i in keep], fontsize=7)
     top.set_xlabel("compression (teacher params / student params)", fontsize=8)
+
+
+def plot_convergence(studies: Mapping[str, "Convergence"]) -> Figure:
+    """r_lo, r_hi (band) and knee against the students' budget, one colour per study (e.g. per init), on a
+    log2 budget axis; the title of each legend entry carries its verdict."""
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    for i, (label, found) in enumerate(studies.items()):
+        table, color = found.table(), f"C{i}"
+        verdict = "converged" if found.converged else "not converged"
+        ax.fill_between(table["budget"], table["region_low"], table["region_high"], color=color, alpha=0.18,
+                        step=None, label=f"{label}: region [r_lo, r_hi] ({verdict})")
+        for name, style in (("region_low", "-"), ("region_high", "-"), ("knee", "--")):
+            ax.plot(table["budget"], table[name], style, marker="o" if name != "knee" else "D", ms=4, color=color,
+                    label=f"{label}: knee" if name == "knee" else None)
+    ax.set_xscale("log", base=2)
+    budgets = sorted({b for found in studies.values() for b in found.budgets})
+    ax.set_xticks(budgets, labels=[str(b) for b in budgets])
+    ax.set(xlabel="student budget (epochs; students that stopped earlier keep their last accuracy)",
+           ylabel="rank", title="Region and knee against the students' training budget")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -11,6 +11,7 @@ Layout::
     tasks/state_*.pt       resumable checkpoint of a group of students being trained
     teacher_cache/         fp16 teacher logits per epoch (``cache_teacher``)
     sweep.csv              all finished rows, sorted by (rank, seed), rebuilt atomically after every task
+    epochs.csv             every student's per-epoch loss, validation and test accuracy (rebuilt with sweep.csv)
     coverage.json          per block: which linear maps the students factorize and which stay dense
     summary.json           the analysis; figures/: PNG and SVG; notebooks/: executed notebooks
 
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 DEFAULT_RESULTS = Path("results")
 CONFIG_JSON = "config.json"
 SWEEP_CSV = "sweep.csv"
+EPOCHS_CSV = "epochs.csv"
 SUMMARY_JSON = "summary.json"
 COVERAGE_JSON = "coverage.json"
 RUN_LOCK = "run.lock"
@@ -66,13 +68,15 @@ TEACHER_LOCK = "teacher.lock"
 TEACHER_CACHE_DIR = "teacher_cache"
 FIGURE_DIR = "figures"
 NOTEBOOK_DIR = "notebooks"
-RUN_FOLDER_NAMES = frozenset({CONFIG_JSON, SWEEP_CSV, SUMMARY_JSON, COVERAGE_JSON, RUN_LOCK, TASK_DIR, TEACHER_FILE,
+RUN_FOLDER_NAMES = frozenset({CONFIG_JSON, SWEEP_CSV, EPOCHS_CSV, SUMMARY_JSON, COVERAGE_JSON, RUN_LOCK, TASK_DIR, TEACHER_FILE,
                               TEACHER_JSON, TEACHER_STATE_FILE, TEACHER_METRICS_CSV, TEACHER_LOCK, TEACHER_CACHE_DIR,
                               FIGURE_DIR, NOTEBOOK_DIR})
 WRITTEN_BY = "effrank"
 WORKER_FAILURE = "worker failed"
 COLUMNS = ("rank", "seed", "status", "params", "teacher_params", "compression", "final_accuracy",
-           "best_accuracy", "best_epoch", "zero_shot_accuracy", "epochs", "init", "loss", "seconds", "failure")
+           "best_accuracy", "best_epoch", "zero_shot_accuracy", "epochs", "stop_reason", "val_accuracy", "init",
+           "loss", "seconds", "failure")
+EPOCH_FIELDS = ("epoch", "loss", "val_accuracy", "test_accuracy")  # per-epoch record of a student, in its row
 TASK_FILE = re.compile(r"r(\d+)_s(\d+)\.json")
 
 
@@ -299,16 +303,23 @@ def finished_rows(run_dir: str | Path) -> list[dict]:
     return [row for row in rows if row is not None]
 
 
+def _csv(fieldnames: tuple[str, ...], records: Any) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=fieldnames, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: r.get(k) for k in fieldnames} for r in records)
+    return out.getvalue()
+
+
 def write_sweep_csv(run_dir: str | Path) -> Path:
-    """Rebuild ``sweep.csv`` from the task rows (atomic; serialized between processes)."""
+    """Rebuild ``sweep.csv`` and ``epochs.csv`` from the task rows (atomic; serialized between processes)."""
     run_dir = Path(run_dir)
     with file_lock(run_dir / TASK_DIR / "sweep.lock"):
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        for row in finished_rows(run_dir):
-            writer.writerow({k: row.get(k) for k in COLUMNS})
-        return write_text(run_dir / SWEEP_CSV, out.getvalue())
+        rows = finished_rows(run_dir)
+        epochs = ({"rank": row["rank"], "seed": row["seed"]} | h for row in rows if row["status"] == "ok"
+                  for h in row.get("history") or ())
+        write_text(run_dir / EPOCHS_CSV, _csv(("rank", "seed", *EPOCH_FIELDS), epochs))
+        return write_text(run_dir / SWEEP_CSV, _csv(COLUMNS, rows))
 
 
 def read_sweep(run_dir: str | Path) -> pd.DataFrame:
@@ -327,6 +338,21 @@ def read_sweep(run_dir: str | Path) -> pd.DataFrame:
         raise CorruptFile(f"{path}: not a sweep table ({problem}); delete it: the next sweep rebuilds it from "
                           f"{TASK_DIR}/")
     return table
+
+
+def read_epochs(run_dir: str | Path) -> pd.DataFrame:
+    """``epochs.csv``: one line per (rank, seed, epoch) of the students that finished; empty when the folder has
+    none (a sweep made before per-epoch records were kept)."""
+    path = Path(run_dir) / EPOCHS_CSV
+    columns = ["rank", "seed", *EPOCH_FIELDS]
+    if not path.exists():
+        return pd.DataFrame(columns=columns)
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise CorruptFile(f"{path}: not a per-epoch table ({exc}); delete it: the next sweep rebuilds it from "
+                          f"{TASK_DIR}/") from None
+    return table.reindex(columns=columns)
 
 
 def failed_tasks(table: pd.DataFrame) -> list[str]:

@@ -20,7 +20,7 @@ from .data import ImageData, pipeline_for
 from .distill import DistillationLoss
 from .factorize import count_parameters, factorize
 from .models import resolve_device
-from .run_folder import TASK_DIR, TEACHER_CACHE_DIR, Task, finished_row, study_identity, write_row, write_sweep_csv
+from .run_folder import EPOCH_FIELDS, TASK_DIR, TEACHER_CACHE_DIR, Task, finished_row, study_identity, write_row, write_sweep_csv
 from .seeds import derive_seed
 from .storage import fault_point, file_lock
 from .teacher import Teacher
@@ -37,8 +37,10 @@ def _row(task: Task, config: StudyConfig, teacher_params: int, params: int, zero
             "params": params, "teacher_params": teacher_params, "compression": teacher_params / params,
             "final_accuracy": result.final_accuracy, "best_accuracy": result.best_accuracy,
             "best_epoch": best["epoch"] if best else None, "zero_shot_accuracy": zero_shot,
-            "epochs": len(result.history), "init": config.init, "loss": config.loss,
-            "seconds": round(seconds, 3), "failure": result.failure}
+            "epochs": len(result.history), "stop_reason": result.stop_reason,
+            "val_accuracy": result.history[-1].get("val_accuracy") if result.history else None,
+            "init": config.init, "loss": config.loss, "seconds": round(seconds, 3), "failure": result.failure,
+            "history": [{k: h[k] for k in EPOCH_FIELDS if k in h} for h in result.history]}
 
 
 def train_students(config: StudyConfig, teacher: torch.nn.Module, data: ImageData, tasks: Sequence[Task],

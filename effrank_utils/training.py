@@ -1,10 +1,13 @@
 """One training loop for a group of models that share a batch stream (a teacher alone, or fused students).
 
 Per epoch: seed the RNG from ``(seed, epoch)``, run the pipeline's batches, step every model's AdamW with a
-warmup + cosine (or constant) learning rate, evaluate top-1 on the test split, and checkpoint the whole state
-atomically so that a killed run resumes at the last finished epoch with the same numbers. Losses are summed on
-the device and read once per epoch (no per-step host sync). A model whose loss turns NaN/inf is dropped from
-the group with the reason recorded; the others go on.
+warmup + cosine (or constant) learning rate, evaluate top-1 on the validation split (when there is one) and the
+test split, and checkpoint the whole state atomically so that a killed run resumes at the last finished epoch
+with the same numbers. Losses are summed on the device and read once per epoch (no per-step host sync).
+
+A model stops on its own when its validation accuracy has not improved for ``patience`` epochs (``plateau``),
+else at the recipe's epochs (``cap``); a model whose loss turns NaN/inf is dropped with the reason recorded. The
+others in the group go on.
 """
 
 from __future__ import annotations
@@ -64,20 +67,31 @@ class Recipe:
     weight_decay: float
     warmup_epochs: int = 0
     schedule: str = "cosine"  # a name in SCHEDULES
+    patience: int = 0         # epochs without a better validation accuracy before stopping (0: run all epochs)
 
 
 def recipe_for(config: "StudyConfig", role: str) -> Recipe:
     """The recipe of the ``teacher`` or of the ``student`` s, from the config's ``<role>_*`` fields."""
     field = lambda name: getattr(config, f"{role}_{name}")  # noqa: E731
-    return Recipe(field("epochs"), field("lr"), field("weight_decay"), field("warmup_epochs"), field("schedule"))
+    return Recipe(field("epochs"), field("lr"), field("weight_decay"), field("warmup_epochs"), field("schedule"),
+                  field("patience"))
+
+
+PLATEAU = "plateau"  # validation accuracy stopped improving
+CAP = "cap"          # ran the recipe's epochs
 
 
 @dataclass
 class FitResult:
-    """Per-epoch metrics of one model, and why it stopped early (``failure``), if it did."""
+    """Per-epoch metrics of one model; why it stopped (``stop_reason``: plateau or cap) or failed (``failure``)."""
 
     history: list[dict] = field(default_factory=list)
     failure: str | None = None
+    stop_reason: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.failure is None and self.stop_reason is None
 
     @property
     def final_accuracy(self) -> float | None:
@@ -111,17 +125,25 @@ def autocast(device: torch.device, amp: bool):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, pipeline: BatchPipeline, amp: bool = False) -> float:
-    """Top-1 accuracy on the pipeline's test split (one host sync at the end)."""
+def evaluate(model: nn.Module, pipeline: BatchPipeline, amp: bool = False, split: str = "test") -> float:
+    """Top-1 accuracy on the pipeline's ``test`` (or ``val``) split (one host sync at the end)."""
     was_training = model.training
     model.eval()
     device = pipeline.data.test_images.device
     correct = torch.zeros((), dtype=torch.int64, device=device)
     with autocast(device, amp):
-        for x, y in pipeline.test_batches():
+        for x, y in pipeline.eval_batches(split):
             correct += (model(x).argmax(dim=-1) == y).sum()
     model.train(was_training)
-    return correct.item() / pipeline.data.test_labels.numel()
+    return correct.item() / pipeline.data.split(split)[1].numel()
+
+
+def plateaued(history: Sequence[dict], patience: int) -> bool:
+    """True when the last ``patience`` epochs brought no validation accuracy above the best before them."""
+    if patience <= 0 or len(history) <= patience:
+        return False
+    before = max(h["val_accuracy"] for h in history[:-patience])
+    return max(h["val_accuracy"] for h in history[-patience:]) <= before
 
 
 def _restore(state_path: Path | None, models: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer],
@@ -141,7 +163,7 @@ def _restore(state_path: Path | None, models: Sequence[nn.Module], optimizers: S
         model.load_state_dict(m_state)
         opt.load_state_dict(o_state)
     for result, saved in zip(results, json.loads(state["results"])):
-        result.history, result.failure = saved["history"], saved["failure"]
+        result.history, result.failure, result.stop_reason = saved["history"], saved["failure"], saved["stop_reason"]
     log.info("resuming %s at epoch %d", state_path.name, state["epoch"])
     return int(state["epoch"]), results
 
@@ -153,7 +175,8 @@ def _checkpoint(state_path: Path, tag: str | None, epoch: int, models: Sequence[
         "epoch": epoch,
         "models": [m.state_dict() for m in models],
         "optimizers": [o.state_dict() for o in optimizers],
-        "results": json.dumps([{"history": r.history, "failure": r.failure} for r in results]),
+        "results": json.dumps([{"history": r.history, "failure": r.failure, "stop_reason": r.stop_reason}
+                               for r in results]),
     })
 
 
@@ -164,19 +187,23 @@ def fit(models: Sequence[nn.Module], objective: Objective, pipeline: BatchPipeli
     """Train ``models`` in lockstep on one batch stream; returns one :class:`FitResult` per model.
 
     Per batch, ``objective.shared`` runs once; then each active model in turn computes its loss, backpropagates
-    and steps (so only one model's graph is alive at a time). With ``state_path``, the state is saved every
+    and steps (so only one model's graph is alive at a time). With ``recipe.patience``, a model leaves the group
+    once its validation accuracy has plateaued (the pipeline's data needs a validation split); the others go on,
+    on the same batch stream as before. With ``state_path``, the state is saved every
     ``checkpoint_every`` epochs and at the end, and training resumes from it when it exists and carries the same
     ``state_tag`` (the identity of what is trained); a damaged checkpoint, or one of another tag, is moved aside
     and training starts over.
     """
     device = pipeline.data.train_images.device
+    if recipe.patience and not pipeline.data.has_validation:
+        raise ValueError("patience: early stopping needs a validation split (validation_fraction > 0)")
     state_path = Path(state_path) if state_path is not None else None
     optimizers = [make_optimizer(m, recipe, device) for m in models]
     start, results = _restore(state_path, models, optimizers, device, state_tag)
     steps = pipeline.steps_per_epoch()
     bar = tqdm(range(start, recipe.epochs), desc=desc, leave=False, initial=start, total=recipe.epochs)
     for epoch in bar:
-        active = [i for i, r in enumerate(results) if r.failure is None]
+        active = [i for i, r in enumerate(results) if r.active]
         if not active:
             break
         torch.manual_seed(derive_seed(seed, epoch + 1))  # dropout / drop-path, resumable per epoch
@@ -204,15 +231,21 @@ def fit(models: Sequence[nn.Module], objective: Objective, pipeline: BatchPipeli
                 results[i].failure = f"non-finite loss ({loss}) in epoch {epoch + 1}"
                 log.warning("model %d of %s stopped: %s", i, desc, results[i].failure)
                 continue
-            results[i].history.append({"epoch": epoch + 1, "loss": loss, "lr": lr, "seconds": seconds,
-                                       "test_accuracy": evaluate(models[i], pipeline, amp)})
-        last = epoch + 1 == recipe.epochs
+            record = {"epoch": epoch + 1, "loss": loss, "lr": lr, "seconds": seconds}
+            if pipeline.data.has_validation:
+                record["val_accuracy"] = evaluate(models[i], pipeline, amp, split="val")
+            results[i].history.append(record | {"test_accuracy": evaluate(models[i], pipeline, amp)})
+            if plateaued(results[i].history, recipe.patience):
+                results[i].stop_reason = PLATEAU
+            elif epoch + 1 == recipe.epochs:
+                results[i].stop_reason = CAP
+        last = epoch + 1 == recipe.epochs or not any(r.active for r in results)
         if state_path is not None and (last or (checkpoint_every and (epoch + 1) % checkpoint_every == 0)):
             _checkpoint(state_path, state_tag, epoch + 1, models, optimizers, results)
         fault_point(f"epoch_done:{desc}:{epoch + 1}")
         if on_epoch is not None:
             on_epoch(epoch + 1, results)
-        accs = [r.history[-1]["test_accuracy"] for r in results if r.failure is None and r.history]
+        accs = [r.history[-1]["test_accuracy"] for r in results if r.active and r.history]
         if accs:
             bar.set_postfix(acc=f"{max(accs):.3f}")
     return results

@@ -13,8 +13,9 @@ import pandas as pd
 from .config import StudyConfig
 from .convergence import Convergence, convergence
 from .curves import EffectiveRankResult, effective_rank, sensitivity_table
-from .plotting import plot_convergence, plot_effective_rank, save_figure
+from .plotting import plot_convergence, plot_effective_rank, plot_spectra, save_figure
 from .run_folder import COVERAGE_JSON, SUMMARY_JSON, TEACHER_JSON, load_run_config, read_epochs, read_sweep
+from .spectra import MEASURES, read_spectra, summarize
 from .storage import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,49 @@ def verdict(found: Convergence | None) -> str:
     return found.verdict() if found is not None else NO_RECORDS
 
 
+MEASURE_LABELS = {"entropy_rank": "entropy effective rank", "stable_rank": "stable rank",
+                  **{m: f"rank keeping {m.rsplit('_', 1)[1]}% of the energy" for m in MEASURES if "energy" in m}}
+
+
+def zero_shot(study: Study, result: EffectiveRankResult) -> EffectiveRankResult | None:
+    """Region and knee of the students *before* training (truncated SVD of the teacher), against the same
+    reference accuracy as ``result``; None when the students were not SVD-initialized."""
+    if study.config.init != "svd" or study.table["zero_shot_accuracy"].isna().any():
+        return None
+    return effective_rank(study.ranks, study.table["zero_shot_accuracy"].to_numpy(float), result.reference,
+                          result.band, n_bootstrap=0)
+
+
+def training_free(study: Study, result: EffectiveRankResult) -> pd.DataFrame:
+    """Three estimates side by side: what the weights alone say (median over the factorized maps of each
+    spectral measure), what truncation alone says (the zero-shot SVD students' region and knee), and what
+    distillation measures; ``vs distilled knee`` is each rank over the distilled knee."""
+    rows = []
+    spectra = read_spectra(study.run_dir)
+    if spectra is not None:
+        medians = spectra[0][list(MEASURES)].median()
+        rows += [{"estimate": f"weights: {MEASURE_LABELS[m]} (median of {len(spectra[0])} maps)",
+                  "rank": float(medians[m])} for m in MEASURES]
+    truncated = zero_shot(study, result)
+    for name, fitted in (("truncation: SVD students before training", truncated), ("distillation", result)):
+        if fitted is not None:
+            rows.append({"estimate": name, "r_lo": fitted.low.describe(), "r_hi": fitted.high.describe(),
+                         "knee": fitted.knee})
+    table = pd.DataFrame(rows, columns=["estimate", "rank", "r_lo", "r_hi", "knee"])
+    if result.knee is not None:
+        table["vs distilled knee"] = table["rank"].fillna(table["knee"]) / result.knee
+    return table
+
+
+def training_free_record(study: Study, result: EffectiveRankResult) -> dict:
+    """The training-free estimates for ``summary.json``: the spectral medians (model, per map kind, per block)
+    and the zero-shot region and knee."""
+    spectra = read_spectra(study.run_dir)
+    truncated = zero_shot(study, result)
+    return {"spectral": summarize(spectra[0]) if spectra is not None else None,
+            "zero_shot": truncated.to_dict() if truncated is not None else None}
+
+
 def region_facts(study: Study, result: EffectiveRankResult) -> dict:
     """Region, knee and the parameter count / compression at both ends of the region (where crossed).
 
@@ -179,6 +223,7 @@ def summary(study: Study, result: EffectiveRankResult, reference: str | float) -
         "converged": found.converged if found is not None else None,  # None: no per-epoch records
         "convergence": found.to_dict() if found is not None else None,
         "coverage": read_json(study.run_dir / COVERAGE_JSON) if (study.run_dir / COVERAGE_JSON).exists() else None,
+        "training_free": training_free_record(study, result),
         "table": study.table.replace({np.nan: None}).to_dict(orient="records"),
         "config": study.config.to_dict(),
     }
@@ -190,12 +235,15 @@ def write_summary(study: Study, result: EffectiveRankResult, reference: str | fl
 
 
 def save_results(study: Study, result: EffectiveRankResult, reference: str | float) -> list[Path]:
-    """The study's figures (PNG and SVG: the curve, and region and knee against the budget when the sweep kept
-    per-epoch records) and ``summary.json``, written into its run folder; returns the paths."""
+    """The study's figures (PNG and SVG: the curve; region and knee against the budget and the teacher's
+    spectra, when the sweep kept them) and ``summary.json``, written into its run folder; returns the paths."""
     figures = save_figure(plot_effective_rank(study, result), study.run_dir, "effective_rank")
     found = study_convergence(study, result.band, reference)
     if found is not None:
         figures += save_figure(plot_convergence({study.config.init: found}), study.run_dir, "convergence")
+    spectra = read_spectra(study.run_dir)
+    if spectra is not None:
+        figures += save_figure(plot_spectra(*spectra), study.run_dir, "spectra")
     return [*figures, write_summary(study, result, reference)]
 
 

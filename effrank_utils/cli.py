@@ -90,12 +90,15 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from .analysis import analyze, load_study, save_results, study_convergence, study_settings, summary_text
+    from .analysis import (analyze, load_study, save_results, study_convergence, study_settings, summary_text,
+                           training_free)
     study = load_study(args.run_dir)
     band, reference = study_settings(study, args.band, args.reference)
     result = analyze(study, band, reference)
     paths = save_results(study, result, reference)
     print(summary_text(study, result, study_convergence(study, band, reference)))
+    print("\nTraining-free estimates beside the distilled one:")
+    print(training_free(study, result).to_string(index=False, na_rep="", float_format=lambda x: f"{x:.2f}"))
     print("saved:", *paths, sep="\n  ")
     return 0
 

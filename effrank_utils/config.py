@@ -32,6 +32,7 @@ class StudyConfig:
     # model
     model: str = "small_vit"            # small_vit, vit_b_32 (torchvision) or any timm model name
     pretrained: bool = False
+    teacher_checkpoint: str | None = None  # a trained teacher's weights (state_dict): loaded, not trained
     image_size: int = 8                # model input size; batches are resized to it when it differs
     patch_size: int = 2                # small_vit only, as are the next four
     embed_dim: int = 64
@@ -164,6 +165,9 @@ def _validate_fields(values: dict, registries: bool = True) -> dict:
     for name in ("crop_padding", "teacher_warmup_epochs", "student_warmup_epochs", "checkpoint_every", "seed",
                  "teacher_patience", "student_patience"):
         v[name] = _positive_int(name, v[name], allow_zero=True)
+    if v["teacher_checkpoint"] is not None and (not isinstance(v["teacher_checkpoint"], str)
+                                                or not v["teacher_checkpoint"]):
+        raise ValueError(f"teacher_checkpoint: expected the path of a checkpoint file, got {v['teacher_checkpoint']!r}")
     if v["train_subset"] is not None:
         v["train_subset"] = _positive_int("train_subset", v["train_subset"])
     for name in ("teacher_lr", "student_lr", "kd_temperature", "mlp_ratio"):
@@ -213,6 +217,9 @@ def _validate_combination(config: StudyConfig) -> None:
         if getattr(config, f"{role}_schedule") == "cosine":
             raise ValueError(f"{role}_patience: a cosine schedule is tied to {role}_epochs, so stopping early cuts "
                              f"it short; use {role}_schedule='constant' with early stopping, or the patience to 0")
+    if config.teacher_checkpoint is not None and config.pretrained:
+        raise ValueError("teacher_checkpoint: a teacher loaded from a checkpoint replaces pretrained weights; set "
+                         "pretrained=False (or drop teacher_checkpoint)")
     if config.pretrained and config.normalization != "imagenet":
         raise ValueError("normalization: pretrained weights expect 'imagenet' normalization, got "
                          f"{config.normalization!r}")
@@ -232,6 +239,9 @@ def check_runnable(config: StudyConfig) -> None:
         if not torch.cuda.is_available():
             raise ValueError("device: 'cuda' was asked for but no CUDA device is available; use 'auto' or 'cpu'")
     check_model(config, channels)
+    if config.teacher_checkpoint is not None:
+        from .models import check_teacher_checkpoint
+        check_teacher_checkpoint(config, classes, channels)
     limit = rank_limit(config, channels)
     bad = [r for r in config.ranks if r > limit]
     if len(bad) == 1:

@@ -243,6 +243,23 @@ def target_layers(model: nn.Module, targets: str | Iterable[str] = "all") -> lis
     return layers
 
 
+def target_weights(model: nn.Module, targets: str | Iterable[str] = "all") -> list[tuple[TargetLayer, torch.Tensor]]:
+    """Every map :func:`target_layers` selects with its dense weight ``out x in`` (detached; a packed
+    ``nn.MultiheadAttention`` is split into its q, k and v projections as :func:`factorize` does)."""
+    split = {}
+    for name, block in transformer_blocks(model):
+        attn = block_attention(block)
+        if isinstance(attn, nn.MultiheadAttention):
+            split[(f"{name}." if name else "") + _attention_name(block)] = SplitMultiheadAttention.from_multihead(attn)
+
+    def weight(path: str) -> torch.Tensor:
+        parent, _, leaf = path.rpartition(".")
+        module = getattr(split[parent], leaf) if parent in split else model.get_submodule(path)
+        return module.weight.detach()  # a LowRankLinear's is the product of its factors
+
+    return [(layer, weight(layer.name)) for layer in target_layers(model, targets)]
+
+
 def coverage(model: nn.Module, targets: str | Iterable[str] = "all") -> list[dict]:
     """Which linear maps of each block ``factorize(model, rank, targets=targets)`` replaces, and which stay dense.
 

@@ -129,6 +129,16 @@ def build_model(config: "StudyConfig", num_classes: int, in_chans: int) -> nn.Mo
     return model_spec(config.model).build(config, num_classes, in_chans)
 
 
+def check_teacher_checkpoint(config: "StudyConfig", num_classes: int | None, in_chans: int) -> None:
+    """Refuse a ``teacher_checkpoint`` that cannot be read or does not fit the config's architecture (checked
+    against the model built on the meta device; the head only when ``num_classes`` is known)."""
+    from .checkpoints import check_fits, read_checkpoint
+    state = read_checkpoint(config.teacher_checkpoint)
+    with torch.device("meta"):
+        model = build_model(dataclasses.replace(config, pretrained=False), num_classes or 2, in_chans)
+    check_fits(model, state, f"the {config.model} model", check_head=num_classes is not None)
+
+
 def rank_limit(config: "StudyConfig", in_chans: int) -> int:
     """The largest rank every targeted layer of the config's architecture admits, from the architecture alone
     (built on the meta device: no weights, no memory)."""

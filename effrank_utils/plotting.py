@@ -30,15 +30,25 @@ def save_figure(fig: Figure, run_dir: str | Path, name: str, formats: tuple[str,
     return paths
 
 
-def plot_teacher_history(history: list[dict]) -> Figure:
-    """Teacher loss and test accuracy per epoch."""
-    frame = pd.DataFrame(history)
+def plot_teacher_history(history: list[dict], note: str = "loaded from teacher_checkpoint, not trained") -> Figure:
+    """Teacher loss and test accuracy (and validation accuracy, when there is a split) per epoch; with no
+    history (a loaded teacher), a figure that says ``note`` instead."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.2))
+    if not history:
+        for ax in (ax_loss, ax_acc):
+            ax.text(0.5, 0.5, f"no training curves:\n{note}", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+        plt.close(fig)
+        return fig
+    frame = pd.DataFrame(history)
+    if "val_accuracy" in frame:
+        ax_acc.plot(frame["epoch"], frame["val_accuracy"], color="C2", label="validation")
     ax_loss.plot(frame["epoch"], frame["loss"], color="C0")
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="Teacher: loss")
-    ax_acc.plot(frame["epoch"], frame["test_accuracy"], color="C1")
-    ax_acc.set(xlabel="epoch", ylabel="test top-1", title=f"Teacher: final {frame['test_accuracy'].iloc[-1]:.2%}")
+    ax_acc.plot(frame["epoch"], frame["test_accuracy"], color="C1", label="test")
+    ax_acc.set(xlabel="epoch", ylabel="top-1", title=f"Teacher: final {frame['test_accuracy'].iloc[-1]:.2%} (test)")
     ax_acc.grid(alpha=0.3)
+    ax_acc.legend(fontsize=8)
     fig.tight_layout()
     plt.close(fig)
     return fig
@@ -175,6 +185,32 @@ def plot_convergence(studies: Mapping[str, "Convergence"]) -> Figure:
            ylabel="rank", title="Region and knee against the students' training budget")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_spectra(table: pd.DataFrame, singular_values: Mapping[str, list], measure: str = "entropy_rank") -> Figure:
+    """Left: a heat map of ``measure`` over blocks x kinds of map. Right: every map's singular values (divided by
+    its largest), one colour per kind of map."""
+    fig, (heat, lines) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1, 1.4]})
+    kinds = list(pd.unique(table["map"]))  # in module order: qkv, proj, fc1, fc2
+    grid = table.pivot_table(index="block", columns="map", values=measure, aggfunc="median")[kinds]
+    image = heat.imshow(grid.to_numpy(float), aspect="auto", cmap="viridis")
+    heat.set_xticks(range(grid.shape[1]), labels=list(grid.columns))
+    heat.set_yticks(range(grid.shape[0]), labels=[str(b) for b in grid.index])
+    for (i, j), value in np.ndenumerate(grid.to_numpy(float)):
+        heat.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color="w")
+    heat.set(xlabel="map", ylabel="block", title=measure.replace("_", " ") + " per map")
+    fig.colorbar(image, ax=heat, shrink=0.8)
+    for row in table.itertuples():
+        s = np.asarray(singular_values[row.path], dtype=float)
+        lines.plot(np.arange(1, s.size + 1), s / s[0], color=f"C{kinds.index(row.map)}", lw=0.8, alpha=0.6)
+    for i, kind in enumerate(kinds):
+        lines.plot([], [], color=f"C{i}", label=kind)
+    lines.set(yscale="log", xlabel="index k", ylabel="singular value / largest", title="teacher spectra")
+    lines.grid(alpha=0.3)
+    lines.legend(fontsize=8)
     fig.tight_layout()
     plt.close(fig)
     return fig

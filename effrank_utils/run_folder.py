@@ -13,6 +13,8 @@ Layout::
     sweep.csv              all finished rows, sorted by (rank, seed), rebuilt atomically after every task
     epochs.csv             every student's per-epoch loss, validation and test accuracy (rebuilt with sweep.csv)
     coverage.json          per block: which linear maps the students factorize and which stay dense
+    spectra.csv            per factorized map of the teacher: training-free rank measures of its singular values
+    spectra.json           those singular values (by map) and the measures' medians per map kind, block, model
     summary.json           the analysis; figures/: PNG and SVG; notebooks/: executed notebooks
 
 A study's *identity* is a digest of the fields that define the teacher and the students plus a fingerprint of
@@ -58,6 +60,8 @@ SWEEP_CSV = "sweep.csv"
 EPOCHS_CSV = "epochs.csv"
 SUMMARY_JSON = "summary.json"
 COVERAGE_JSON = "coverage.json"
+SPECTRA_CSV = "spectra.csv"
+SPECTRA_JSON = "spectra.json"
 RUN_LOCK = "run.lock"
 TASK_DIR = "tasks"
 TEACHER_FILE = "teacher.pt"
@@ -68,7 +72,7 @@ TEACHER_LOCK = "teacher.lock"
 TEACHER_CACHE_DIR = "teacher_cache"
 FIGURE_DIR = "figures"
 NOTEBOOK_DIR = "notebooks"
-RUN_FOLDER_NAMES = frozenset({CONFIG_JSON, SWEEP_CSV, EPOCHS_CSV, SUMMARY_JSON, COVERAGE_JSON, RUN_LOCK, TASK_DIR, TEACHER_FILE,
+RUN_FOLDER_NAMES = frozenset({CONFIG_JSON, SWEEP_CSV, EPOCHS_CSV, SUMMARY_JSON, COVERAGE_JSON, SPECTRA_CSV, SPECTRA_JSON, RUN_LOCK, TASK_DIR, TEACHER_FILE,
                               TEACHER_JSON, TEACHER_STATE_FILE, TEACHER_METRICS_CSV, TEACHER_LOCK, TEACHER_CACHE_DIR,
                               FIGURE_DIR, NOTEBOOK_DIR})
 WRITTEN_BY = "effrank"
@@ -100,6 +104,19 @@ def default_run_dir(preset: str, results: str | Path = DEFAULT_RESULTS) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------- identity
+TEACHER_CHECKPOINT_MARK = "+teacher_checkpoint:"
+
+
+def inputs_fingerprint(config: StudyConfig, data: Any) -> str:
+    """The content the study is computed from besides its config: the data's fingerprint and, for a teacher
+    loaded from ``teacher_checkpoint``, the checkpoint file's content digest (so that moving the file changes
+    nothing and changing its content is never mixed with earlier results)."""
+    if config.teacher_checkpoint is None:
+        return data.fingerprint()
+    from .checkpoints import checkpoint_digest
+    return f"{data.fingerprint()}{TEACHER_CHECKPOINT_MARK}{checkpoint_digest(config.teacher_checkpoint)}"
+
+
 def study_identity(config: StudyConfig, data_fingerprint: str, names: tuple[str, ...] = STUDY_FIELDS) -> str:
     """A digest of the fields ``names`` of ``config`` and of the data's content fingerprint."""
     values = {n: list(v) if isinstance(v := getattr(config, n), tuple) else v for n in names}
@@ -117,6 +134,12 @@ def check_same_study(where: str, saved_config: dict, saved_fingerprint: str | No
         raise ValueError(f"{where} holds a study with a different config ({details}). Use a new run directory "
                          "(or --fresh) instead of mixing results.")
     if data_fingerprint is not None and saved_fingerprint != data_fingerprint:
+        saved_teacher = (saved_fingerprint or "").partition(TEACHER_CHECKPOINT_MARK)[2] or None
+        teacher = data_fingerprint.partition(TEACHER_CHECKPOINT_MARK)[2] or None
+        if saved_teacher != teacher:
+            raise ValueError(f"{where} was made with another teacher (teacher_checkpoint content "
+                             f"{saved_teacher or 'none: trained by effrank'}, now {teacher or 'none'}). Use a new run "
+                             "directory (or --fresh) instead of mixing results.")
         raise ValueError(f"{where} was made from different data (data fingerprint saved {saved_fingerprint}, now "
                          f"{data_fingerprint}; data_root {saved_config.get('data_root')!r} then, "
                          f"{config.data_root!r} now). Use a new run directory (or --fresh) instead of mixing "

@@ -20,7 +20,17 @@ from .data import ImageData, pipeline_for
 from .distill import DistillationLoss
 from .factorize import count_parameters, factorize
 from .models import resolve_device
-from .run_folder import EPOCH_FIELDS, TASK_DIR, TEACHER_CACHE_DIR, Task, finished_row, study_identity, write_row, write_sweep_csv
+from .run_folder import (
+    EPOCH_FIELDS,
+    TASK_DIR,
+    TEACHER_CACHE_DIR,
+    Task,
+    finished_row,
+    inputs_fingerprint,
+    study_identity,
+    write_row,
+    write_sweep_csv,
+)
 from .seeds import derive_seed
 from .storage import fault_point, file_lock
 from .teacher import Teacher
@@ -71,7 +81,7 @@ def train_students(config: StudyConfig, teacher: torch.nn.Module, data: ImageDat
     loss = DistillationLoss(teacher, config.loss, config.kd_temperature, config.kd_alpha, cache)
     label = ",".join(str(t.rank) for t in tasks)
     results = fit(students, loss, pipeline, recipe_for(config, "student"), seed=seed, amp=config.amp,
-                  state_path=state_path, state_tag=study_identity(config, data.fingerprint()),
+                  state_path=state_path, state_tag=study_identity(config, inputs_fingerprint(config, data)),
                   checkpoint_every=config.checkpoint_every, desc=f"rank {label} seed {seed}")
     seconds = (time.perf_counter() - tic) / len(tasks)
     teacher_params = count_parameters(teacher)
@@ -84,7 +94,7 @@ def run_group(config: StudyConfig, run_dir: Path, teacher: Teacher, data: ImageD
     """Train the tasks of ``group`` that no other process holds and that are not finished. Returns the rows of
     the group's finished tasks that were not held elsewhere, and those held elsewhere (to be waited for)."""
     task_dir = run_dir / TASK_DIR
-    identity = study_identity(config, data.fingerprint())
+    identity = study_identity(config, inputs_fingerprint(config, data))
     with contextlib.ExitStack() as stack:
         mine, elsewhere = [], []
         for task in group:

@@ -27,6 +27,7 @@ from .run_folder import (
     WORKER_FAILURE,
     Task,
     finished_row,
+    inputs_fingerprint,
     read_row,
     read_sweep,
     study_identity,
@@ -34,6 +35,7 @@ from .run_folder import (
     write_sweep_csv,
 )
 from .storage import write_json
+from .spectra import write_spectra
 from .students import run_group
 from .teacher import Teacher, train_teacher
 
@@ -68,7 +70,7 @@ def _announce(rows: Sequence[dict]) -> None:
 def _run_tasks(config: StudyConfig, run_dir: Path, teacher: Teacher, data: ImageData, tasks: Sequence[Task],
                on_rows: Callable[[pd.DataFrame], None] | None, executor: cf.Executor | None) -> None:
     """Run the unfinished ``tasks`` in fused groups, here or through ``executor``."""
-    identity = study_identity(config, data.fingerprint())
+    identity = study_identity(config, inputs_fingerprint(config, data))
     pending = [t for t in tasks if finished_row(run_dir, t, identity) is None]
     log.info("sweep: %d of %d tasks to run in %s", len(pending), len(tasks), run_dir)
     bar = tqdm(total=len(tasks), initial=len(tasks) - len(pending), desc="students", unit="student")
@@ -150,6 +152,7 @@ def run_sweep(config: StudyConfig, run_dir: str | Path, *, ranks: Sequence[int] 
     teacher = train_teacher(config, run_dir, data)  # prepares the run folder first
     run_dir = Path(run_dir)
     write_json(run_dir / COVERAGE_JSON, coverage(teacher.model, config.targets))
+    write_spectra(run_dir, teacher.model, config.targets)
     (run_dir / TASK_DIR).mkdir(exist_ok=True)
     write_sweep_csv(run_dir)
     owned = executor is None and config.executor != "local"

@@ -1,4 +1,5 @@
-"""Train the full-rank teacher (cross-entropy, AdamW), or load it from a run directory.
+"""Train the full-rank teacher (cross-entropy, AdamW) -- or take one the user trained (``teacher_checkpoint``)
+-- or load it from a run directory.
 
 The run folder (:mod:`effrank_utils.run_folder`) holds ``teacher.pt`` (weights + the config and the data
 fingerprint that made them), ``teacher.json`` (status and accuracy, for people) and ``teacher_metrics.csv``.
@@ -28,22 +29,33 @@ from .run_folder import (
     TEACHER_METRICS_CSV,
     TEACHER_STATE_FILE,
     check_same_study,
+    inputs_fingerprint,
     prepare_run,
     study_identity,
 )
 from .storage import CorruptFile, file_lock, load_checkpoint, read_json, save_checkpoint, write_json, write_text
-from .training import fit, recipe_for
+from .checkpoints import load_checkpoint_into
+from .training import evaluate, fit, recipe_for
 
 log = logging.getLogger(__name__)
 
 
+LOADED = "loaded from teacher_checkpoint, not trained"
+
+
 @dataclass
 class Teacher:
-    """A trained teacher, its test accuracy and per-epoch history."""
+    """A teacher, its test accuracy, its per-epoch history (empty when loaded) and where it came from."""
 
     model: nn.Module
     accuracy: float
     history: list[dict]
+    source: str = "trained"  # or LOADED
+
+    def describe(self) -> str:
+        """``test accuracy 93.06% (trained, 60 epochs)`` / ``(loaded from teacher_checkpoint, not trained)``."""
+        how = f"trained, {len(self.history)} epochs" if self.source == "trained" else self.source
+        return f"test accuracy {self.accuracy:.2%} ({how})"
 
 
 class CrossEntropy:
@@ -79,23 +91,25 @@ def load_teacher(config: StudyConfig, run_dir: str | Path, data: ImageData) -> T
         raise CorruptFile(f"{path}: not an effrank teacher checkpoint ({type(exc).__name__}: {exc}); delete it "
                           "(and teacher.json) to train the teacher again") from None
     check_same_study(f"teacher checkpoint {path}", saved, payload.get("data_fingerprint"), config,
-                     data.fingerprint(), TEACHER_FIELDS)
+                     inputs_fingerprint(config, data), TEACHER_FIELDS)
     model = build_model(config.replace(pretrained=False), data.num_classes, data.channels)
     model.load_state_dict(state_dict)
-    return Teacher(model.eval(), accuracy, history)
+    return Teacher(model.eval(), accuracy, history, payload.get("source", "trained"))
 
 
 def train_teacher(config: StudyConfig, run_dir: str | Path, data: ImageData | None = None) -> Teacher:
-    """Train the teacher into ``run_dir`` (resuming an interrupted run), or load it if it is already there.
+    """Train the teacher into ``run_dir`` (resuming an interrupted run) -- or, with ``teacher_checkpoint``, load
+    the user's trained teacher and evaluate it --, or load it from ``run_dir`` if it is already there.
 
     The run folder is prepared first (refused if it holds another study). Several processes may call this on
     one run directory: one trains, the others wait and then load.
     """
     data = data if data is not None else load_data_for(config)
-    run_dir = prepare_run(config, run_dir, data.fingerprint())
+    run_dir = prepare_run(config, run_dir, inputs_fingerprint(config, data))
     with file_lock(run_dir / TEACHER_LOCK):
         if not (run_dir / TEACHER_FILE).exists():
-            return _train(config, run_dir, data)
+            make = _load_given if config.teacher_checkpoint is not None else _train
+            return make(config, run_dir, data)
         teacher = load_teacher(config, run_dir, data)
         if not (run_dir / TEACHER_JSON).exists() or read_json(run_dir / TEACHER_JSON).get("status") != "done":
             _write_status(run_dir, config, data, "done", teacher)  # a run killed between the two writes
@@ -104,10 +118,32 @@ def train_teacher(config: StudyConfig, run_dir: str | Path, data: ImageData | No
 
 def _write_status(run_dir: Path, config: StudyConfig, data: ImageData, status: str,
                   teacher: Teacher | None = None) -> None:
-    record = {"config": config.to_dict(), "data_fingerprint": data.fingerprint(), "status": status}
+    record = {"config": config.to_dict(), "data_fingerprint": inputs_fingerprint(config, data), "status": status}
     if teacher is not None:
-        record |= {"accuracy": teacher.accuracy, "epochs": len(teacher.history)}
+        record |= {"accuracy": teacher.accuracy, "epochs": len(teacher.history), "source": teacher.source}
     write_json(run_dir / TEACHER_JSON, record)
+
+
+def _save(config: StudyConfig, run_dir: Path, data: ImageData, teacher: Teacher) -> None:
+    save_checkpoint(run_dir / TEACHER_FILE, {
+        "state_dict": {k: v.cpu() for k, v in teacher.model.state_dict().items()},
+        "config": json.dumps(config.to_dict()), "data_fingerprint": inputs_fingerprint(config, data),
+        "accuracy": teacher.accuracy, "history": json.dumps(teacher.history), "source": teacher.source})
+    _write_status(run_dir, config, data, "done", teacher)
+
+
+def _load_given(config: StudyConfig, run_dir: Path, data: ImageData) -> Teacher:
+    """The user's trained teacher (``teacher_checkpoint``), checked against the architecture and evaluated on
+    the test split: its accuracy is the reference."""
+    device = resolve_device(config.device)
+    model = build_model(config.replace(pretrained=False), data.num_classes, data.channels)
+    load_checkpoint_into(model, config.teacher_checkpoint, f"the {config.model} model")
+    model = model.to(device).eval()
+    accuracy = evaluate(model, pipeline_for(config, data.to(device), config.eval_batch_size), config.amp)
+    teacher = Teacher(model, accuracy, [], LOADED)
+    _save(config, run_dir, data, teacher)
+    log.info("teacher: %s", teacher.describe())
+    return teacher
 
 
 def _train(config: StudyConfig, run_dir: Path, data: ImageData) -> Teacher:
@@ -119,18 +155,14 @@ def _train(config: StudyConfig, run_dir: Path, data: ImageData) -> Teacher:
     _write_status(run_dir, config, data, "training")
     (result,) = fit([model], CrossEntropy(), pipeline, recipe_for(config, "teacher"), seed=config.seed,
                     amp=config.amp, state_path=state_path,
-                    state_tag=study_identity(config, data.fingerprint(), TEACHER_FIELDS),
+                    state_tag=study_identity(config, inputs_fingerprint(config, data), TEACHER_FIELDS),
                     checkpoint_every=config.checkpoint_every, desc="teacher",
                     on_epoch=lambda _, results: write_text(run_dir / TEACHER_METRICS_CSV,
                                                            history_csv(results[0].history)))
     if result.failure:
         raise FloatingPointError(f"teacher training failed: {result.failure}; lower teacher_lr")
     teacher = Teacher(model.eval(), result.final_accuracy, result.history)
-    save_checkpoint(run_dir / TEACHER_FILE, {
-        "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-        "config": json.dumps(config.to_dict()), "data_fingerprint": data.fingerprint(),
-        "accuracy": teacher.accuracy, "history": json.dumps(result.history)})
-    _write_status(run_dir, config, data, "done", teacher)
+    _save(config, run_dir, data, teacher)
     state_path.unlink(missing_ok=True)
     log.info("teacher: test accuracy %.4f after %d epochs", teacher.accuracy, len(result.history))
     return teacher

@@ -19,7 +19,10 @@ def test_bench_writes_its_figures(tmp_path):
     run("bench/bench.py", "--quick", "--out", str(out))
     result = json.loads(out.read_text())
     assert result["fused"]["speedup"] > 0 and result["fused"]["k"] == 2
-    assert result["time_to_region"]["dense"]["students"] > result["time_to_region"]["adaptive"]["students"]
+    region = result["time_to_region"]
+    assert region["dense"]["students"] > region["adaptive"]["students"]
+    assert region["fast_path_over_teacher"] > 0 and region["paper_shape_estimate"]["over_teacher"] > 0
+    assert isinstance(region["adaptive"]["converged"], bool)
     assert 0 < result["teacher_step"]["fraction_of_peak"]
 
 
@@ -32,3 +35,19 @@ def test_warm_start_experiment_records_and_plots(tmp_path):
     assert set(record["svd_epochs_to_match_random"]) == {"1", "4"}
     assert figure.stat().st_size > 0
     run("bench/warm_start.py", "--replot", "--out", str(out), "--figure", str(tmp_path / "again.png"))
+
+
+def test_init_study_records_both_inits_and_redraws(tmp_path):
+    out, figure = tmp_path / "study.json", tmp_path / "study.png"
+    settings = ["ranks=[1,4]", "student_epochs=3", "validation_fraction=0.1", "student_patience=1",
+                "student_schedule=constant", "teacher_epochs=2"]
+    run("bench/init_study.py", "--preset", "smoke", "--seeds", "0", "1", *[a for s in settings for a in ("--set", s)],
+        "--results", str(tmp_path / "runs"), "--out", str(out), "--figure", str(figure))
+    record = json.loads(out.read_text())
+    assert set(record["inits"]) == {"svd", "random"}
+    assert set(record["intervals_overlap"]) == {"region_low", "region_high", "knee"}
+    for entry in record["inits"].values():
+        assert isinstance(entry["converged"], bool) and entry["verdict"]
+        assert entry["students"] == 4 and entry["student_epochs"]["max"] <= 3
+    assert figure.stat().st_size > 0
+    run("bench/init_study.py", "--replot", "--out", str(out), "--figure", str(tmp_path / "again.png"))

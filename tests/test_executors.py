@@ -15,12 +15,14 @@ from effrank_utils.presets import load_preset
 
 ray = pytest.importorskip("ray", reason="the Ray extra is not installed (pip install -e '.[ray]')")
 
-COMPARED = ["rank", "seed", "status", "params", "final_accuracy", "best_accuracy", "zero_shot_accuracy", "epochs"]
+COMPARED = ["rank", "seed", "status", "params", "final_accuracy", "best_accuracy", "zero_shot_accuracy", "epochs",
+            "stop_reason"]
 
 
 @pytest.fixture(scope="module")
-def smoke():
-    return load_preset("smoke", ranks=[1, 2, 4], seeds=[0, 1], student_epochs=2)
+def smoke():  # students stop at a validation plateau, as in the demo
+    return load_preset("smoke", ranks=[1, 2, 4], seeds=[0, 1], student_epochs=3, validation_fraction=0.1,
+                       student_patience=1, student_schedule="constant")
 
 
 @pytest.fixture(scope="module")

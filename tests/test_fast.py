@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from effrank_utils import sweep
-from effrank_utils.data import load_data, pipeline_for
+from effrank_utils.data import load_data, load_data_for, pipeline_for
 from effrank_utils.distill import DistillationLoss
 from effrank_utils.factorize import factorize
 from effrank_utils.presets import load_preset
@@ -50,6 +50,17 @@ def test_fused_sweep_gives_the_same_table(setup, tmp_path):
     fused = sweep.run_sweep(cfg.replace(fuse=4), tmp_path / "fused", data=data)
     cols = ["rank", "seed", "params", "final_accuracy", "best_accuracy", "zero_shot_accuracy"]
     pd.testing.assert_frame_equal(solo[cols], fused[cols])
+
+
+def test_early_stopping_fused_and_cached_gives_the_table_of_students_trained_alone(tmp_path):
+    cfg = load_preset("smoke", ranks=[1, 2, 4, 8], student_epochs=6, validation_fraction=0.1, student_patience=1,
+                      student_schedule="constant")
+    data = load_data_for(cfg)
+    solo = sweep.run_sweep(cfg, tmp_path / "solo", data=data)
+    fused = sweep.run_sweep(cfg.replace(fuse=4, cache_teacher=True), tmp_path / "fused", data=data)
+    cols = ["rank", "seed", "final_accuracy", "val_accuracy", "epochs", "stop_reason"]
+    pd.testing.assert_frame_equal(solo[cols], fused[cols])
+    assert set(fused["stop_reason"]) <= {"plateau", "cap"} and fused["epochs"].between(1, 6).all()
 
 
 def test_teacher_cache_fills_once_and_then_replaces_the_teacher(setup, tmp_path, monkeypatch):

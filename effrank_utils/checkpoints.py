@@ -1,0 +1,126 @@
+"""A teacher the user already trained: read its checkpoint, check that it fits the model, identify its content.
+
+Accepted: a plain ``state_dict``, or one wrapped as ``{"state_dict": ...}``, ``{"model": ...}`` (nested wrappers
+too), with or without the ``module.`` prefix DistributedDataParallel adds (or ``_orig_mod.`` from
+``torch.compile``). Loaded with ``weights_only=True``: a checkpoint holding arbitrary Python objects is refused.
+Every problem is a ``ValueError`` naming ``teacher_checkpoint`` and what differs.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+FIELD = "teacher_checkpoint"
+WRAPPERS = ("state_dict", "model")
+PREFIXES = ("module.", "_orig_mod.")
+SHOWN = 4  # names listed per kind of difference
+
+
+def _path(path: str | Path) -> Path:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"{FIELD}: no file at {path}")
+    return path
+
+
+@functools.lru_cache(maxsize=16)
+def _digest(path: Path, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:20]
+
+
+def checkpoint_digest(path: str | Path) -> str:
+    """A hex digest of the checkpoint file's content (computed once per file version)."""
+    path = _path(path).resolve()
+    stat = path.stat()
+    return _digest(path, stat.st_size, stat.st_mtime_ns)
+
+
+def unwrap(payload: Any) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint payload: wrappers (``state_dict``, ``model``) removed, prefixes stripped."""
+    while isinstance(payload, Mapping) and not any(isinstance(v, torch.Tensor) for v in payload.values()):
+        inner = next((payload[k] for k in WRAPPERS if isinstance(payload.get(k), Mapping)), None)
+        if inner is None:
+            raise ValueError(f"{FIELD}: no weights found; expected a state_dict, or one under "
+                             f"{' or '.join(map(repr, WRAPPERS))} (top-level keys: {sorted(map(str, payload))[:8]})")
+        payload = inner
+    if not isinstance(payload, Mapping):
+        raise ValueError(f"{FIELD}: expected a state_dict (a mapping of names to tensors), got "
+                         f"{type(payload).__name__}")
+    state = {}
+    for name, value in payload.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{FIELD}: entry {name!r} is a {type(value).__name__}, not a tensor")
+        state[str(name)] = value
+    for prefix in PREFIXES:  # in this order: DDP wraps a compiled model as module._orig_mod.
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state_dict in a checkpoint file (on the CPU), unwrapped (:func:`unwrap`)."""
+    path = _path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, unsafe globals, truncated files: all mean "cannot use it"
+        raise ValueError(f"{FIELD}: {path} cannot be read as a PyTorch checkpoint with weights_only=True "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    return unwrap(payload)
+
+
+def _names(items: list[str]) -> str:
+    return ", ".join(items[:SHOWN]) + (f" and {len(items) - SHOWN} more" if len(items) > SHOWN else "")
+
+
+def _is_head(key: str) -> bool:
+    return key.split(".")[-2:-1] == ["head"] or key.startswith("heads.")
+
+
+def check_fits(model: nn.Module, state: Mapping[str, torch.Tensor], what: str, check_head: bool = True) -> None:
+    """Refuse ``state`` unless it has exactly ``model``'s keys and shapes (``model`` may live on the meta
+    device). The head and the position embeddings get messages of their own: those differ when the number of
+    classes or the input size does not match. ``what`` names the model in messages; ``check_head=False``
+    ignores the head's shapes (when the number of classes is not known yet)."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    given = {k: tuple(v.shape) for k, v in state.items()}
+    missing, unexpected = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(given) if expected[k] != given[k]
+                    and (check_head or not _is_head(k)))
+    head = [k for k in shapes if _is_head(k)]
+    position = [k for k in shapes if ("pos_embed" in k or "pos_embedding" in k)  # token count, not width
+                and len(given[k]) == len(expected[k]) and given[k][-1] == expected[k][-1]]
+    if head and head == shapes and not missing and not unexpected:
+        raise ValueError(f"{FIELD}: its head has {given[head[0]][0]} classes but the dataset has "
+                         f"{expected[head[0]][0]} ({head[0]}: {given[head[0]]} vs {expected[head[0]]})")
+    if position:
+        key = position[0]
+        raise ValueError(f"{FIELD}: its position embeddings {key} have shape {given[key]}, {what} at this "
+                         f"image_size expects {expected[key]}: set image_size (and patch_size) to the input size "
+                         "the checkpoint was trained at")
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)}: {_names(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)}: {_names(unexpected)}")
+    if shapes:
+        problems.append("different shapes: " + _names([f"{k} {given[k]} vs {expected[k]}" for k in shapes]))
+    if problems:
+        raise ValueError(f"{FIELD}: does not fit {what} ({'; '.join(problems)})")
+
+
+def load_checkpoint_into(model: nn.Module, path: str | Path, what: str) -> nn.Module:
+    """Check and load the checkpoint at ``path`` into ``model`` (strict)."""
+    state = read_checkpoint(path)
+    check_fits(model, state, what)
+    model.load_state_dict(state)
+    return model

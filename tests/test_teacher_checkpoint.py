@@ -1,0 +1,127 @@
+"""A teacher the user already trained, from a checkpoint file: every wrapper form loads, every bad one is refused
+up front by name, and the checkpoint's content is part of the study's identity."""
+
+import json
+import pickle
+import shutil
+
+import pytest
+import torch
+
+from effrank_utils.checkpoints import checkpoint_digest, unwrap
+from effrank_utils.data import load_data_for
+from effrank_utils.models import build_model
+from effrank_utils.presets import load_preset
+from effrank_utils.sweep import run_sweep
+from effrank_utils.teacher import LOADED, train_teacher
+
+SETTINGS = dict(ranks=[1, 2, 4], student_epochs=1)
+
+
+def trained_state(config, classes=10, seed=0):
+    torch.manual_seed(seed)
+    return build_model(config, classes, 1).state_dict()
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_preset("smoke", SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def data(config):
+    return load_data_for(config)
+
+
+WRAPPERS = {
+    "plain": lambda s: s,
+    "state_dict": lambda s: {"state_dict": s, "epoch": 3},
+    "model": lambda s: {"model": s, "optimizer": {"lr": 0.1}},
+    "nested": lambda s: {"model": {"state_dict": s}},
+    "ddp": lambda s: {"state_dict": {f"module.{k}": v for k, v in s.items()}},
+}
+
+
+@pytest.mark.parametrize("form", WRAPPERS)
+def test_every_wrapper_form_loads_and_is_evaluated_not_trained(config, data, tmp_path, form):
+    state = trained_state(config)
+    path = tmp_path / "mine.pt"
+    torch.save(WRAPPERS[form](state), path)
+    given = config.replace(teacher_checkpoint=str(path))
+    teacher = train_teacher(given, tmp_path / "run", data)
+    assert teacher.source == LOADED and teacher.history == [] and "not trained" in teacher.describe()
+    for name, value in teacher.model.state_dict().items():
+        assert torch.equal(value.cpu(), state[name]), name
+    assert 0 <= teacher.accuracy <= 1
+    record = json.loads((tmp_path / "run" / "teacher.json").read_text())
+    assert record["source"] == LOADED and record["epochs"] == 0
+    again = train_teacher(given, tmp_path / "run", data)  # reloaded from the run folder, not re-evaluated
+    assert again.source == LOADED and again.accuracy == teacher.accuracy
+
+
+class NotWeights:
+    pass
+
+
+def bad_checkpoints(config, tmp_path):
+    """(file content writer, expected message) for every kind of bad checkpoint."""
+    state = trained_state(config)
+    missing = dict(state)
+    missing.pop("blocks.0.mlp.fc1.bias")
+    wider = load_preset("smoke", SETTINGS | {"embed_dim": 32, "num_heads": 2})
+    bigger = load_preset("smoke", SETTINGS | {"image_size": 16})
+    return {
+        "head": (lambda p: torch.save(trained_state(config, classes=5), p), "its head has 5 classes but the dataset "
+                                                                             "has 10"),
+        "input size": (lambda p: torch.save(build_model(bigger, 10, 1).state_dict(), p), "position embeddings"),
+        "missing key": (lambda p: torch.save(missing, p), "missing 1: blocks.0.mlp.fc1.bias"),
+        "unexpected key": (lambda p: torch.save(state | {"extra.weight": torch.ones(2)}, p),
+                           "unexpected 1: extra.weight"),
+        "shapes": (lambda p: torch.save(build_model(wider, 10, 1).state_dict(), p), "different shapes"),
+        "not torch": (lambda p: p.write_bytes(b"not a checkpoint"), "cannot be read as a PyTorch checkpoint"),
+        "unsafe pickle": (lambda p: p.write_bytes(pickle.dumps({"state_dict": NotWeights()})),
+                          "cannot be read as a PyTorch checkpoint with weights_only=True"),
+        "not a tensor": (lambda p: torch.save(state | {"note": "text"}, p), "entry 'note' is a str"),
+        "no weights": (lambda p: torch.save({"optimizer": {}, "epoch": 1}, p), "no weights found"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["head", "input size", "missing key", "unexpected key", "shapes", "not torch",
+                                  "unsafe pickle", "not a tensor", "no weights"])
+def test_bad_checkpoints_are_refused_before_any_compute(config, tmp_path, kind):
+    write, message = bad_checkpoints(config, tmp_path)[kind]
+    path = tmp_path / "bad.pt"
+    write(path)
+    with pytest.raises(ValueError, match="teacher_checkpoint: .*" + message.replace("(", r"\(")):
+        load_preset("smoke", SETTINGS | {"teacher_checkpoint": str(path)})
+
+
+def test_a_missing_file_and_pretrained_weights_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="teacher_checkpoint: no file at"):
+        load_preset("smoke", SETTINGS | {"teacher_checkpoint": str(tmp_path / "nope.pt")})
+    with pytest.raises(ValueError, match="teacher_checkpoint: a teacher loaded from a checkpoint replaces"):
+        load_preset("smoke", SETTINGS | {"teacher_checkpoint": "x.pt", "pretrained": True,
+                                         "normalization": "imagenet"})
+
+
+def test_unwrap_strips_one_prefix_only_when_every_key_has_it():
+    t = torch.zeros(1)
+    assert set(unwrap({"module.a": t, "module.b": t})) == {"a", "b"}
+    assert set(unwrap({"module.a": t, "b": t})) == {"module.a", "b"}
+    assert set(unwrap({"model": {"module._orig_mod.a": t}})) == {"a"}
+
+
+def test_the_checkpoint_content_is_part_of_the_identity(config, data, tmp_path):
+    path = tmp_path / "mine.pt"
+    torch.save(trained_state(config), path)
+    run_sweep(config.replace(teacher_checkpoint=str(path)), tmp_path / "run", data=data)
+    moved = tmp_path / "elsewhere.pt"
+    shutil.copy(path, moved)  # the same content at another path: the same study
+    assert checkpoint_digest(moved) == checkpoint_digest(path)
+    table = run_sweep(config.replace(teacher_checkpoint=str(moved)), tmp_path / "run", data=data)
+    assert len(table) == 3
+    torch.save(trained_state(config, seed=1), path)  # other weights under the old name: refused, not mixed
+    with pytest.raises(ValueError, match="made with another teacher"):
+        run_sweep(config.replace(teacher_checkpoint=str(path)), tmp_path / "run", data=data)
+    with pytest.raises(ValueError, match="made with another teacher"):  # nor a trained teacher in its place
+        run_sweep(config, tmp_path / "run", data=data)

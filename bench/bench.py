@@ -146,7 +146,7 @@ def time_to_region(student_epochs: int, coarse: list[int], max_rank: int, teache
                 (run_dir / f).write_bytes((teacher_dir / f).read_bytes())
             seconds, table = timed(functools.partial(run_sweep, cfg, run_dir, data=data))
             result = effective_rank(table["rank"], table["final_accuracy"], teacher.accuracy)
-            found = convergence(read_epochs(run_dir), teacher.accuracy, table["stop_reason"])
+            found = convergence(read_epochs(run_dir), teacher.accuracy, stop_reasons=table["stop_reason"].tolist())
             out[name] = {"seconds": seconds, "students": len(table), "student_epochs": int(table["epochs"].sum()),
                          "region": [result.region_low, result.region_high], "knee": result.knee,
                          "converged": found.converged, "verdict": found.verdict()}

@@ -1,4 +1,5 @@
-"""The ``effrank`` command: ``reproduce`` (the notebooks), ``sweep`` (no notebooks), ``analyze`` and ``lab``.
+"""The ``effrank`` command: ``reproduce`` (the notebooks), ``sweep`` (no notebooks), ``analyze``, ``compare``
+and ``lab``.
 
 A user error (a bad parameter, a run folder of another study, a damaged file) ends the command with one line
 on stderr and exit status 2, before any compute where it can be known then; Ctrl-C ends it with one line and
@@ -90,8 +91,15 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from .analysis import (analyze, load_study, save_results, study_convergence, study_settings, summary_text,
-                           training_free)
+    from .analysis import (
+        analyze,
+        load_study,
+        save_results,
+        study_convergence,
+        study_settings,
+        summary_text,
+        training_free,
+    )
     study = load_study(args.run_dir)
     band, reference = study_settings(study, args.band, args.reference)
     result = analyze(study, band, reference)
@@ -100,6 +108,19 @@ def _analyze(args: argparse.Namespace) -> int:
     print("\nTraining-free estimates beside the distilled one:")
     print(training_free(study, result).to_string(index=False, na_rep="", float_format=lambda x: f"{x:.2f}"))
     print("saved:", *paths, sep="\n  ")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import comparison_table, estimator_warnings, load_studies, save_comparison
+    compared = load_studies(args.run_dirs, args.labels)
+    table = comparison_table(compared)
+    shown = ["study", "model", "teacher_accuracy", "teacher_params", "r_lo", "r_hi", "knee", "converged", "init",
+             "loss", "targets", "student_epochs"]
+    print(table[shown].to_string(index=False))
+    for line in estimator_warnings(compared):
+        print(f"warning: {line}")
+    print("saved:", *save_comparison(compared, args.out), sep="\n  ")
     return 0
 
 
@@ -145,6 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--reference", type=_reference, default=None,
                          help="teacher, best_student or a number (default: the study's)")
     analyze.set_defaults(run=_analyze)
+
+    compare = commands.add_parser("compare", help="several run folders side by side: table, figure, warnings",
+                                  description="Overlaid normalized curves with regions and knees, a table, and a "
+                                              "warning for every estimator setting the studies do not share.")
+    compare.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    compare.add_argument("--labels", nargs="+", default=None, help="one per run folder (default: folder names)")
+    compare.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "comparison",
+                         help=f"where comparison.json and figures/ go (default: {DEFAULT_RESULTS / 'comparison'})")
+    compare.set_defaults(run=_compare)
 
     lab = commands.add_parser("lab", help="open JupyterLab on the notebooks")
     lab.add_argument("--notebook-dir", type=Path, default=DEFAULT_NOTEBOOK_DIR, help=f"default: {DEFAULT_NOTEBOOK_DIR}")

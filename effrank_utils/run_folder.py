@@ -72,9 +72,9 @@ TEACHER_LOCK = "teacher.lock"
 TEACHER_CACHE_DIR = "teacher_cache"
 FIGURE_DIR = "figures"
 NOTEBOOK_DIR = "notebooks"
-RUN_FOLDER_NAMES = frozenset({CONFIG_JSON, SWEEP_CSV, EPOCHS_CSV, SUMMARY_JSON, COVERAGE_JSON, SPECTRA_CSV, SPECTRA_JSON, RUN_LOCK, TASK_DIR, TEACHER_FILE,
-                              TEACHER_JSON, TEACHER_STATE_FILE, TEACHER_METRICS_CSV, TEACHER_LOCK, TEACHER_CACHE_DIR,
-                              FIGURE_DIR, NOTEBOOK_DIR})
+RUN_FOLDER_NAMES = frozenset({CONFIG_JSON, SWEEP_CSV, EPOCHS_CSV, SUMMARY_JSON, COVERAGE_JSON, SPECTRA_CSV,
+                              SPECTRA_JSON, RUN_LOCK, TASK_DIR, TEACHER_FILE, TEACHER_JSON, TEACHER_STATE_FILE,
+                              TEACHER_METRICS_CSV, TEACHER_LOCK, TEACHER_CACHE_DIR, FIGURE_DIR, NOTEBOOK_DIR})
 WRITTEN_BY = "effrank"
 WORKER_FAILURE = "worker failed"
 COLUMNS = ("rank", "seed", "status", "params", "teacher_params", "compression", "final_accuracy",

@@ -34,8 +34,8 @@ from .run_folder import (
     write_row,
     write_sweep_csv,
 )
-from .storage import write_json
 from .spectra import write_spectra
+from .storage import write_json
 from .students import run_group
 from .teacher import Teacher, train_teacher
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoints import load_checkpoint_into
 from .config import TEACHER_FIELDS, StudyConfig
 from .data import Batch, ImageData, load_data_for, pipeline_for
 from .models import build_model, resolve_device
@@ -34,7 +35,6 @@ from .run_folder import (
     study_identity,
 )
 from .storage import CorruptFile, file_lock, load_checkpoint, read_json, save_checkpoint, write_json, write_text
-from .checkpoints import load_checkpoint_into
 from .training import evaluate, fit, recipe_for
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,9 @@ ANALYSIS = NOTEBOOKS[-1]
 SMOKE = {"ranks": [1, 2, 4, 8, 16], "band": [0.8, 0.9]}
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+COMPARE = "04_compare_studies.ipynb"  # not part of `make reproduce`
 DECLARED = {NOTEBOOKS[0]: {"preset", "run_dir", "overrides"}, NOTEBOOKS[1]: {"preset", "run_dir", "overrides"},
-            NOTEBOOKS[2]: {"preset", "run_dir", "band", "reference"}}
+            NOTEBOOKS[2]: {"preset", "run_dir", "band", "reference"}, COMPARE: {"run_dirs", "labels", "out_dir"}}
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,11 @@ def panel_state(path):
     return shown, state, png, html
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_every_numbered_notebook_is_checked():
+    assert sorted(p.name for p in NOTEBOOK_DIR.glob("[0-9]*.ipynb")) == sorted(DECLARED)
+
+
+@pytest.mark.parametrize("name", DECLARED)
 def test_notebooks_are_clean_and_parameterized(name):
     nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
     nbformat.validate(nb)
@@ -119,7 +124,8 @@ def test_summary_matches_the_curve_analysis_of_the_csv(smoke_run):
         else:
             assert summary[key]["rank"] == pytest.approx(crossing.rank, abs=1e-9)
     assert summary["knee"] == pytest.approx(expected.knee, abs=1e-9)
-    assert summary["estimator"] == {"init": "svd", "loss": "kd", "student_epochs": 1, "targets": ["all"]}
+    assert summary["estimator"] == {"init": "svd", "loss": "kd", "student_epochs": 1, "student_patience": 0,
+                                    "student_schedule": "cosine", "validation_fraction": 0.0, "targets": ["all"]}
     assert len(summary["table"]) == 5 and summary["config"]["preset"] == "smoke"
     assert np.isclose(summary["teacher_accuracy"], json.loads((run_dir / "teacher.json").read_text())["accuracy"])
 
@@ -210,3 +216,37 @@ def test_sweep_notebook_runs_on_ray(kernel_env, tmp_path):
     printed = "".join(o.get("text", "") for c in sweep_nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "rank    4 seed 0: ok" in printed  # each row is printed as it lands
     assert (tmp_path / "summary.json").exists()
+
+
+def outputs_text(path: Path) -> str:
+    nb = nbformat.read(path, as_version=4)
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def test_teacher_notebook_says_a_checkpoint_teacher_was_loaded_not_trained(kernel_env, tmp_path):
+    import torch
+
+    from effrank_utils.models import build_model
+    from effrank_utils.presets import load_preset
+    checkpoint = tmp_path / "mine.pt"
+    torch.save({"model": build_model(load_preset("smoke"), 10, 1).state_dict()}, checkpoint)
+    (executed,) = run_notebooks("smoke", tmp_path / "run", {"teacher_checkpoint": str(checkpoint)}, progress=False,
+                                notebooks=[NOTEBOOKS[0]])
+    assert "(loaded from teacher_checkpoint, not trained)" in outputs_text(executed)
+    assert (tmp_path / "run" / "figures" / "teacher_history.png").exists()
+
+
+def test_compare_notebook_runs_on_two_studies(smoke_run, kernel_env, tmp_path):
+    import papermill
+
+    from effrank_utils.presets import load_preset
+    from effrank_utils.sweep import run_sweep
+    run_dir, _ = smoke_run
+    other = tmp_path / "mlp-only"
+    run_sweep(load_preset("smoke", {"ranks": [1, 2, 4, 8, 16], "targets": ["mlp"]}), other)
+    executed = tmp_path / COMPARE
+    papermill.execute_notebook(NOTEBOOK_DIR / COMPARE, executed, cwd=NOTEBOOK_DIR, progress_bar=False,
+                               parameters={"run_dirs": [str(run_dir), str(other)], "labels": ["all", "mlp"],
+                                           "out_dir": str(tmp_path / "out")})
+    assert "warning: targets differs" in outputs_text(executed)
+    assert (tmp_path / "out" / "figures" / "comparison.png").exists()

@@ -1,0 +1,70 @@
+"""Comparing studies: the table, the figure, warnings for different estimators, refusal of non-studies."""
+
+import json
+
+import pytest
+
+from effrank_utils.cli import main
+from effrank_utils.compare import comparison_table, estimator_warnings, load_studies, save_comparison
+from effrank_utils.presets import load_preset
+from effrank_utils.sweep import run_sweep
+
+SMOKE = dict(ranks=[1, 2, 4, 8], student_epochs=1)
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory):
+    """Two studies of one teacher recipe factorizing different maps, and a third with the same estimator as
+    the first (another teacher seed)."""
+    root = tmp_path_factory.mktemp("compare")
+    runs = {"attention": dict(targets=["qkv", "proj"]), "mlp": dict(targets=["mlp"]),
+            "attention-seed1": dict(targets=["qkv", "proj"], seed=1)}
+    for name, overrides in runs.items():
+        run_sweep(load_preset("smoke", SMOKE | overrides), root / name)
+    return root
+
+
+def test_the_table_has_one_line_per_study_and_warns_where_estimators_differ(studies, tmp_path):
+    compared = load_studies([studies / "attention", studies / "mlp"], ["attn", "mlp"])
+    table = comparison_table(compared)
+    assert list(table["study"]) == ["attn", "mlp"]
+    assert list(table["targets"]) == [["qkv", "proj"], ["mlp"]]
+    assert {"r_lo", "r_hi", "knee", "converged", "teacher_accuracy", "teacher_params", "init"} <= set(table)
+    (warning,) = estimator_warnings(compared)
+    assert warning.startswith("targets differs (attn: ('qkv', 'proj'), mlp: ('mlp',))")
+    paths = save_comparison(compared, tmp_path)
+    assert {p.name for p in paths} == {"comparison.png", "comparison.svg", "comparison.json"}
+    record = json.loads((tmp_path / "comparison.json").read_text())
+    assert record["warnings"] == [warning] and len(record["table"]) == 2
+
+
+def test_studies_with_the_same_estimator_give_no_warning(studies):
+    assert estimator_warnings(load_studies([studies / "attention", studies / "attention-seed1"])) == []
+
+
+def test_the_command_prints_the_table_and_the_warnings(studies, tmp_path, capsys):
+    assert main(["compare", str(studies / "attention"), str(studies / "mlp"), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "attention" in out and "warning: targets differs" in out
+    assert (tmp_path / "figures" / "comparison.png").exists()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("not a run folder", "is not an effrank run folder"),
+    ("no students", "at least 2 are needed"),
+    ("one folder", "at least 2 run folders"),
+    ("labels", "1 label(s) for 2 run folder(s)"),
+])
+def test_what_cannot_be_compared_is_refused_in_one_line(studies, tmp_path, capsys, case, message):
+    other = tmp_path / "other"
+    other.mkdir()
+    if case == "no students":
+        from effrank_utils.teacher import train_teacher
+        train_teacher(load_preset("smoke", SMOKE), other)
+    args = {"not a run folder": [str(studies / "mlp"), str(other)],
+            "no students": [str(studies / "mlp"), str(other)],
+            "one folder": [str(studies / "mlp")],
+            "labels": [str(studies / "mlp"), str(studies / "attention"), "--labels", "x"]}[case]
+    assert main(["compare", *args, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

@@ -118,6 +118,7 @@ def plot_comparison(compared: Sequence[Compared]) -> Figure:
 def save_comparison(compared: Sequence[Compared], out_dir: str | Path) -> list[Path]:
     """``comparison.json`` (table and warnings) in ``out_dir`` and the figure in ``out_dir/figures`` (PNG, SVG);
     returns the paths."""
+    out_dir = Path(out_dir)
     paths = save_figure(plot_comparison(compared), out_dir, "comparison")
     table = comparison_table(compared).replace({np.nan: None})
     paths.append(write_json(out_dir / "comparison.json", {

@@ -32,7 +32,7 @@ def test_the_table_has_one_line_per_study_and_warns_where_estimators_differ(stud
     assert {"r_lo", "r_hi", "knee", "converged", "teacher_accuracy", "teacher_params", "init"} <= set(table)
     (warning,) = estimator_warnings(compared)
     assert warning.startswith("targets differs (attn: ('qkv', 'proj'), mlp: ('mlp',))")
-    paths = save_comparison(compared, tmp_path)
+    paths = save_comparison(compared, str(tmp_path))  # a str, as a notebook parameter is
     assert {p.name for p in paths} == {"comparison.png", "comparison.svg", "comparison.json"}
     record = json.loads((tmp_path / "comparison.json").read_text())
     assert record["warnings"] == [warning] and len(record["table"]) == 2

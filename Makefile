@@ -9,7 +9,7 @@ PRESET ?= demo
 RESULTS ?= results
 ARGS ?=
 
-.PHONY: install test reproduce lab bench clean strip
+.PHONY: install test reproduce lab bench bench-paper clean strip
 
 install: $(STAMP)
 
@@ -31,6 +31,9 @@ lab: install
 
 bench: install
 	$(BIN)/python bench/bench.py $(ARGS)
+
+bench-paper: install  # the paper's protocol on a GPU (ARGS=--tiny checks it on a CPU)
+	$(BIN)/python bench/paper_gpu.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -163,7 +163,8 @@ def _restore(state_path: Path | None, models: Sequence[nn.Module], optimizers: S
         model.load_state_dict(m_state)
         opt.load_state_dict(o_state)
     for result, saved in zip(results, json.loads(state["results"])):
-        result.history, result.failure, result.stop_reason = saved["history"], saved["failure"], saved["stop_reason"]
+        result.history, result.failure = saved["history"], saved["failure"]
+        result.stop_reason = saved.get("stop_reason")  # absent in checkpoints of earlier versions
     log.info("resuming %s at epoch %d", state_path.name, state["epoch"])
     return int(state["epoch"]), results
 

@@ -51,3 +51,15 @@ def test_init_study_records_both_inits_and_redraws(tmp_path):
         assert entry["students"] == 4 and entry["student_epochs"]["max"] <= 3
     assert figure.stat().st_size > 0
     run("bench/init_study.py", "--replot", "--out", str(out), "--figure", str(tmp_path / "again.png"))
+
+
+def test_paper_gpu_benchmark_runs_tiny_on_the_cpu(tmp_path):
+    out = tmp_path / "paper.json"
+    run("bench/paper_gpu.py", "--tiny", "--out", str(out))
+    result = json.loads(out.read_text())
+    assert {r["what"] for r in result["runs"]} == {"teacher", "student rank 2", "student rank 4"}
+    assert all(r["images_per_s"] > 0 and r["fraction_of_peak"] > 0 for r in result["runs"])
+    assert result["in_flight"]["vmap_speedup"] > 0 and result["matmul_peak_tflops"] > 0
+    assert result["projection"]["paper_protocol_hours"] > result["projection"]["teacher_hours"] > 0
+    assert set(result["targets"]) == {"teacher_fraction_of_peak", "student rank 4_fraction_of_peak",
+                                      "students_in_flight_speedup"}

@@ -180,7 +180,9 @@ def plot_convergence(studies: Mapping[str, "Convergence"]) -> Figure:
                     label=f"{label}: knee" if name == "knee" else None)
     ax.set_xscale("log", base=2)
     budgets = sorted({b for found in studies.values() for b in found.budgets})
+    ax.set_xlim(budgets[0] / 1.25, budgets[-1] * 1.25)  # also when no level was crossed at any budget
     ax.set_xticks(budgets, labels=[str(b) for b in budgets])
+    ax.minorticks_off()
     ax.set(xlabel="student budget (epochs; students that stopped earlier keep their last accuracy)",
            ylabel="rank", title="Region and knee against the students' training budget")
     ax.grid(alpha=0.3)

@@ -77,9 +77,12 @@ def plot_effective_rank(study: "Study", result: EffectiveRankResult, log_x: bool
     """The study's figure: points (with seed spread), monotone PCHIP fit, band, region, knee and secant.
 
     Left axis: accuracy normalized by the reference; right axis: absolute accuracy; top axis: compression.
-    ``log_x`` changes only the display; the knee is defined on the linear rank axis. An undefined knee draws no
+    ``log_x`` changes only the display; the knee is defined on the linear rank axis. On the linear axis the view
+    is focused on the region and knee (up to the first swept rank at twice the largest of them; a note says
+    which ranks lie beyond); the log axis shows every rank, labelled with its value. An undefined knee draws no
     diamond and says so in the legend. Bootstrap intervals (several seeds) are horizontal bars at their level;
-    a censored one is dashed and annotated with the share of resamples that missed the level.
+    a censored one is dashed and annotated with the share of resamples that missed the level. Compression
+    below 1x (a student larger than the teacher) is marked with ``*`` on the top axis.
     """
     fig, ax = plt.subplots(figsize=(8, 4.8))
     ref = result.reference
@@ -93,28 +96,40 @@ def plot_effective_rank(study: "Study", result: EffectiveRankResult, log_x: bool
     lo, hi = result.band
     ax.axhspan(lo, hi, color="C2", alpha=0.15, label=f"band {lo:.0%}-{hi:.0%}")
     for crossing in (result.low, result.high):
-        if crossing.status == CROSSED:
+        if crossing.status == CROSSED:  # labelled along the line at the top, clear of the curve and the points
             ax.axvline(crossing.rank, color="C2", lw=1.2)
-            ax.annotate(f"r={crossing.rank:.1f}", (crossing.rank, crossing.level), textcoords="offset points",
-                        xytext=(4, -12), fontsize=8, color="C2")
+            ax.annotate(f"r={crossing.rank:.1f}", (crossing.rank, 1), xycoords=("data", "axes fraction"),
+                        textcoords="offset points", xytext=(2, -4), rotation=90, va="top", fontsize=8, color="C2")
     if result.low.status == CROSSED and result.high.status == CROSSED:
         ax.axvspan(result.low.rank, result.high.rank, color="C2", alpha=0.08)
     if result.knee is not None:
-        ax.plot([result.knee], [result.curve(result.knee)], "D", color="C3", ms=8, zorder=4,
-                label=f"knee r={result.knee:.1f}")
+        ax.plot([result.knee], [result.curve(result.knee)], "D", color="C3", ms=10, mfc="none", mew=2, zorder=4,
+                label=f"knee r={result.knee:.1f}")  # hollow: a student's point under it stays visible
     else:
         ax.plot([], [], " ", label=f"knee {result.knee_status}")
     _intervals(ax, result)
     ax.set(xlabel="rank r", ylabel=f"accuracy / reference ({ref:.4f})",
            title=f"{study.config.preset}: {study.config.model} on {study.config.dataset} "
                  f"({study.config.init} init, {study.config.loss} loss)")
+    visible = result.ranks
     if log_x:
         ax.set_xscale("log")
+        shown = _readable(visible, log_x=True)
+        ax.set_xticks(visible[shown], labels=[f"{r:g}" for r in visible[shown]])
+        ax.minorticks_off()
+    elif (limit := focus_limit(result)) is not None:
+        pad = 0.02 * (limit - visible[0])
+        ax.set_xlim(visible[0] - pad, limit + pad)
+        beyond = visible[visible > limit]
+        hidden = f"rank {beyond[0]:g} lies" if beyond.size == 1 else f"ranks {beyond[0]:g}-{beyond[-1]:g} lie"
+        ax.text(0.99, 0.03, f"focused on the region: {hidden} to the right (log axis: all ranks)",
+                transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.35")
+        visible = visible[visible <= limit]
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="center right", fontsize=8)
     absolute = ax.secondary_yaxis("right", functions=(lambda y: y * ref, lambda y: y / ref))
     absolute.set_ylabel("test top-1 (absolute)")
-    _compression_axis(ax, study, log_x)
+    _compression_axis(ax, study, visible, log_x)
     fig.tight_layout()
     plt.close(fig)
     return fig
@@ -150,20 +165,41 @@ def _intervals(ax: plt.Axes, result: EffectiveRankResult) -> None:
                         xytext=(0, 5), ha="right", fontsize=7, color=color)
 
 
-def _compression_axis(ax: plt.Axes, study: "Study", log_x: bool, max_ticks: int = 8) -> None:
-    """Top axis: the compression ratio at swept ranks spaced out enough to be read."""
-    per_rank = study.table.groupby("rank")["params"].first()
-    teacher = float(study.table["teacher_params"].iloc[0])
-    ranks = per_rank.index.to_numpy(float)
+def focus_limit(result: EffectiveRankResult) -> float | None:
+    """The right end of the linear axis's focus: the first swept rank at or above twice the largest crossing or
+    knee; None when that is the last rank (nothing to hide) or nothing was crossed."""
+    found = [r for r in (result.low.rank, result.high.rank, result.knee) if r is not None]
+    if not found:
+        return None
+    above = result.ranks[result.ranks >= 2 * max(found)]
+    return float(above[0]) if above.size and above[0] < result.ranks[-1] else None
+
+
+def _readable(ranks: np.ndarray, log_x: bool, max_ticks: int = 8) -> list[int]:
+    """Indices of ranks spaced out enough (on the displayed scale) to label them without overlap."""
     position = np.log(ranks) if log_x else ranks
     gap = (position[-1] - position[0]) / max_ticks
     keep = [0]
     for i in range(1, len(ranks)):
         if position[i] - position[keep[-1]] >= gap:
             keep.append(i)
+    return keep
+
+
+def _compression_axis(ax: plt.Axes, study: "Study", ranks: np.ndarray, log_x: bool) -> None:
+    """Top axis: the compression ratio at the shown swept ranks spaced out enough to be read; below 1x (a student
+    larger than the teacher) marked with ``*``."""
+    per_rank = study.table.groupby("rank")["params"].first()
+    teacher = float(study.table["teacher_params"].iloc[0])
+    keep = ranks[_readable(ranks, log_x)]
+    ratios = [teacher / float(per_rank.loc[r]) for r in keep]
     top = ax.secondary_xaxis("top")
-    top.set_xticks(ranks[keep], labels=[f"{teacher / per_rank.iloc[i]:.1f}x" for i in keep], fontsize=7)
-    top.set_xlabel("compression (teacher params / student params)", fontsize=8)
+    top.set_xticks(keep, labels=[f"{c:.1f}x" if c >= 1 else f"{c:.2f}x*" for c in ratios], fontsize=7)
+    for label, ratio in zip(top.get_xticklabels(), ratios):
+        if ratio < 1:
+            label.set_color("C3")
+    larger = "; * student larger than the teacher" if min(ratios) < 1 else ""
+    top.set_xlabel(f"compression (teacher params / student params{larger})", fontsize=8)
 
 
 def plot_convergence(studies: Mapping[str, "Convergence"]) -> Figure:

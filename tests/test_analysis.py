@@ -1,5 +1,6 @@
 """What the analysis notebook and its panel compute, tested without a browser."""
 
+import dataclasses
 import re
 
 import ipywidgets as widgets
@@ -11,6 +12,7 @@ import pytest
 from effrank_utils import analysis
 from effrank_utils.curves import effective_rank
 from effrank_utils.panel import analysis_panel
+from effrank_utils.plotting import plot_effective_rank
 from effrank_utils.presets import load_preset
 from effrank_utils.run_folder import COLUMNS, SWEEP_CSV, TEACHER_JSON, write_record
 from effrank_utils.storage import write_json
@@ -92,14 +94,62 @@ def test_panel_uses_no_output_widget(study):
     assert not any(isinstance(w, widgets.Output) for w in tree(analysis_panel(study).widget))
 
 
-def test_panel_shows_the_error_and_hides_a_stale_figure(study):
+def test_panel_shows_the_error_in_place_of_a_stale_figure(study):
     panel = analysis_panel(study)
+    before = shown_png(panel)
     panel.band.value = (0.9, 0.9)  # collapsed: lo must be below hi
     assert panel.summary.value.startswith("<b>Cannot compute:</b> band: lo must be below hi")
-    assert shown_png(panel) == b"" and panel.figure.layout.display == "none"
+    message = shown_png(panel)
+    assert message.startswith(PNG) and message != before  # the old figure is replaced, never left up
     panel.band.value = (0.8, 0.9)
-    assert shown_png(panel).startswith(PNG) and panel.figure.layout.display is None
+    assert shown_png(panel).startswith(PNG) and shown_png(panel) not in (before, message)
     assert panel.summary.value == analysis.summary_text(study, analysis.analyze(study, (0.8, 0.9), n_bootstrap=0))
+
+
+def test_panel_value_box_shows_the_reference_in_use_rounded(study):
+    panel = analysis_panel(study)
+    assert panel.value.value == TEACHER and panel.value.disabled
+    panel.reference.value = "best_student"
+    assert panel.value.value == round(study.accuracy.max(), 4) and panel.value.disabled
+    assert f"reference accuracy {study.accuracy.max():.4f}" in panel.summary.value
+    panel.reference.value = "value"
+    assert not panel.value.disabled
+
+
+def test_panel_keeps_the_band_slider_on_its_own_row(study):
+    panel = analysis_panel(study)
+    first, second = panel.widget.children[:2]
+    assert first is panel.band and panel.axis in second.children and panel.reference in second.children
+
+
+def tick_texts(axis):
+    return [t.get_text() for t in axis.get_ticklabels() if t.get_text()]
+
+
+def test_linear_axis_focuses_on_the_region_and_says_what_lies_beyond(study):
+    result = analysis.analyze(study, n_bootstrap=0)
+    ax = plot_effective_rank(study, result).axes[0]
+    right = ax.get_xlim()[1]
+    assert max(result.region_high, result.knee) < right < 32
+    assert any("lie to the right" in t.get_text() for t in ax.texts)
+    whole = plot_effective_rank(study, result, log_x=True).axes[0]
+    assert whole.get_xlim()[1] >= 32 and not any("lie to the right" in t.get_text() for t in whole.texts)
+
+
+def test_log_axis_is_labelled_with_rank_values(study):
+    ax = plot_effective_rank(study, analysis.analyze(study, n_bootstrap=0), log_x=True).axes[0]
+    labels = tick_texts(ax.xaxis)
+    assert labels[0] == "1" and "32" in labels and not any("10^" in t for t in labels)
+
+
+def test_students_larger_than_the_teacher_are_flagged_on_the_compression_axis(study):
+    table = study.table.assign(teacher_params=2500)  # ranks >= 16 now have more parameters than the teacher
+    bigger = dataclasses.replace(study, table=table)
+    fig = plot_effective_rank(bigger, analysis.analyze(bigger, n_bootstrap=0), log_x=True)
+    top = next(a for a in fig.axes[0].child_axes if a.get_xlabel().startswith("compression"))
+    flagged = [t for t in tick_texts(top.xaxis) if t.endswith("*")]
+    assert flagged and all(float(t[:-2]) < 1 for t in flagged)
+    assert "larger than the teacher" in top.get_xlabel()
 
 
 def test_region_facts_report_cost_at_both_ends(study):

@@ -18,6 +18,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install --quiet -r requirements.txt
 	$(BIN)/pip install --quiet -e '.[ray]'  # the package (editable) and the optional Ray extra
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (effrank)"
+	$(BIN)/python -c "from effrank_utils.cli import write_lab_settings; write_lab_settings()"  # widgets saved with notebooks
 	touch $(STAMP)
 
 test: install

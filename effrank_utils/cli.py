@@ -131,7 +131,24 @@ def _reference(text: str) -> str | float:
         return text
 
 
+WIDGETS_PLUGIN = "@jupyter-widgets/jupyterlab-manager:plugin"
+
+
+def write_lab_settings(prefix: str | Path = sys.prefix) -> Path:
+    """Make JupyterLab (in the environment at ``prefix``) save widget state with the notebook, autosaves
+    included, so that a reopened notebook shows its last panel instead of "Error displaying widget: model not
+    found". Other overrides in the file are kept."""
+    import json
+    path = Path(prefix) / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
+    settings = json.loads(path.read_text()) if path.exists() else {}
+    settings.setdefault(WIDGETS_PLUGIN, {})["saveState"] = True
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+    return path
+
+
 def _lab(args: argparse.Namespace) -> int:
+    write_lab_settings()
     command = [sys.executable, "-m", "jupyter", "lab", f"--notebook-dir={args.notebook_dir}"]
     if os.geteuid() == 0:
         command.append("--allow-root")

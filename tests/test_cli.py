@@ -1,5 +1,6 @@
 """The `effrank` command, driven as a user drives it: a subprocess, its exit status and what it prints."""
 
+import json
 import os
 import shutil
 import signal
@@ -188,3 +189,14 @@ def test_analyze_names_a_damaged_sweep_table(analyzed_run, tmp_path, content):
     proc = effrank("analyze", str(run_dir))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"error: {run_dir / 'sweep.csv'}: not a sweep table")
+
+
+def test_lab_settings_save_widget_state_and_keep_other_overrides(tmp_path):
+    from effrank_utils.cli import WIDGETS_PLUGIN, write_lab_settings
+    path = tmp_path / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"@jupyterlab/apputils-extension:themes": {"theme": "JupyterLab Dark"}}))
+    assert write_lab_settings(tmp_path) == path
+    settings = json.loads(path.read_text())
+    assert settings[WIDGETS_PLUGIN] == {"saveState": True}
+    assert settings["@jupyterlab/apputils-extension:themes"] == {"theme": "JupyterLab Dark"}

@@ -215,9 +215,10 @@ def plot_convergence(studies: Mapping[str, "Convergence"]) -> Figure:
             ax.plot(table["budget"], table[name], style, marker="o" if name != "knee" else "D", ms=4, color=color,
                     label=f"{label}: knee" if name == "knee" else None)
     ax.set_xscale("log", base=2)
-    budgets = sorted({b for found in studies.values() for b in found.budgets})
+    budgets = np.array(sorted({b for found in studies.values() for b in found.budgets}), dtype=float)
     ax.set_xlim(budgets[0] / 1.25, budgets[-1] * 1.25)  # also when no level was crossed at any budget
-    ax.set_xticks(budgets, labels=[str(b) for b in budgets])
+    shown = budgets[_readable(budgets, log_x=True, max_ticks=12)]
+    ax.set_xticks(shown, labels=[f"{b:g}" for b in shown])
     ax.minorticks_off()
     ax.set(xlabel="student budget (epochs; students that stopped earlier keep their last accuracy)",
            ylabel="rank", title="Region and knee against the students' training budget")

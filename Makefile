@@ -7,9 +7,11 @@ STAMP := $(VENV)/.installed
 KERNEL := effrank
 PRESET ?= demo
 RESULTS ?= results
+RUN ?= $(RESULTS)/$(PRESET)
 ARGS ?=
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install test reproduce lab bench bench-paper clean strip
+.PHONY: install test reproduce lab dashboard bench bench-paper browser clean strip
 
 install: $(STAMP)
 
@@ -21,14 +23,20 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -c "from effrank_utils.cli import write_lab_settings; write_lab_settings()"  # widgets saved with notebooks
 	touch $(STAMP)
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q
+
+browser:  # Debian's chromium for the browser tests (Playwright's own browser download is not used)
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
 
 reproduce: install
 	$(BIN)/effrank reproduce --preset "$(PRESET)" --results "$(RESULTS)" $(ARGS)
 
 lab: install
 	$(BIN)/effrank lab
+
+dashboard: install  # the interactive analysis of RUN (a run folder) as a web page on localhost
+	$(BIN)/effrank dashboard "$(RUN)"
 
 bench: install
 	$(BIN)/python bench/bench.py $(ARGS)

@@ -1,5 +1,5 @@
-"""The ``effrank`` command: ``reproduce`` (the notebooks), ``sweep`` (no notebooks), ``analyze``, ``compare``
-and ``lab``.
+"""The ``effrank`` command: ``reproduce`` (the notebooks), ``sweep`` (no notebooks), ``analyze``, ``compare``,
+``dashboard`` (the analysis as a web page) and ``lab``.
 
 A user error (a bad parameter, a run folder of another study, a damaged file) ends the command with one line
 on stderr and exit status 2, before any compute where it can be known then; Ctrl-C ends it with one line and
@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
+from .dashboard import DEFAULT_PORT
 from .presets import PRESETS, parse_assignment
 from .reproduce import DEFAULT_NOTEBOOK_DIR
 from .run_folder import DEFAULT_RESULTS
@@ -131,6 +132,15 @@ def _reference(text: str) -> str | float:
         return text
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    from .analysis import load_study
+    from .dashboard import dashboard_notebook, voila_command
+    load_study(args.run_dir)  # a finished study, or a one-line error before any server starts
+    notebook = dashboard_notebook(args.run_dir)
+    print(f"serving the analysis of {args.run_dir} on http://127.0.0.1:{args.port}/ (Ctrl-C stops it)")
+    return subprocess.call(voila_command(notebook, args.port))
+
+
 WIDGETS_PLUGIN = "@jupyter-widgets/jupyterlab-manager:plugin"
 
 
@@ -192,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "comparison",
                          help=f"where comparison.json and figures/ go (default: {DEFAULT_RESULTS / 'comparison'})")
     compare.set_defaults(run=_compare)
+
+    dashboard = commands.add_parser("dashboard", help="serve a run folder's interactive analysis as a web page",
+                                    description="Notebook 03 for RUN_DIR as a standalone page (Voila): outputs and "
+                                                "the interactive panel, no code cells, on localhost.")
+    dashboard.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    dashboard.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default: {DEFAULT_PORT}")
+    dashboard.set_defaults(run=_dashboard)
 
     lab = commands.add_parser("lab", help="open JupyterLab on the notebooks")
     lab.add_argument("--notebook-dir", type=Path, default=DEFAULT_NOTEBOOK_DIR, help=f"default: {DEFAULT_NOTEBOOK_DIR}")

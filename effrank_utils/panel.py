@@ -80,8 +80,7 @@ def analysis_panel(study: Study, band: Sequence[float] = (0.85, 0.95), reference
                                   description="reference")
     ref_value = widgets.BoundedFloatText(value=round(typed, 4), min=1e-6, max=1.0, step=0.001, description="value",
                                          layout=widgets.Layout(width="180px"))
-    axis = widgets.ToggleButtons(options=["linear", "log"], value="linear", description="rank axis",
-                                 style={"description_width": "initial", "button_width": "60px"})
+    axis = widgets.ToggleButtons(options=["linear", "log"], value="linear", style={"button_width": "60px"})
     text = widgets.HTML()
     image = widgets.Image(format="png")
 
@@ -103,5 +102,6 @@ def analysis_panel(study: Study, band: Sequence[float] = (0.85, 0.95), reference
     for control in (band_slider, ref_choice, ref_value, axis):
         control.observe(update, names="value")
     update()
-    box = widgets.VBox([band_slider, widgets.HBox([ref_choice, ref_value, axis]), text, image])
+    box = widgets.VBox([band_slider, widgets.HBox([ref_choice, ref_value, widgets.Label("rank axis"), axis]), text,
+                        image])
     return AnalysisPanel(band_slider, ref_choice, ref_value, axis, text, image, box)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -30,7 +30,9 @@ class Study:
     teacher_accuracy: float
     table: pd.DataFrame   # rows that finished successfully
     failed: pd.DataFrame  # rows whose training failed (excluded from every fit)
-    epochs: pd.DataFrame  # per-epoch records of the successful rows (empty for sweeps made without them)
+    epochs: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["rank", "seed", "epoch",
+                                                                          "test_accuracy"]))
+    # per-epoch records of the successful rows (empty for sweeps made without them)
 
     @property
     def ranks(self) -> np.ndarray:
@@ -117,9 +119,10 @@ MEASURE_LABELS = {"entropy_rank": "entropy effective rank", "stable_rank": "stab
 def zero_shot(study: Study, result: EffectiveRankResult) -> EffectiveRankResult | None:
     """Region and knee of the students *before* training (truncated SVD of the teacher), against the same
     reference accuracy as ``result``; None when the students were not SVD-initialized."""
-    if study.config.init != "svd" or study.table["zero_shot_accuracy"].isna().any():
+    zero = study.table.get("zero_shot_accuracy")
+    if study.config.init != "svd" or zero is None or zero.isna().any():
         return None
-    return effective_rank(study.ranks, study.table["zero_shot_accuracy"].to_numpy(float), result.reference,
+    return effective_rank(study.ranks, zero.to_numpy(float), result.reference,
                           result.band, n_bootstrap=0)
 
 

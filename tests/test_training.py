@@ -7,7 +7,7 @@ import torch
 import torchvision
 from timm.models.vision_transformer import VisionTransformer
 
-from effrank_utils.data import load_data, pipeline_for
+from effrank_utils.data import load_data_for, pipeline_for
 from effrank_utils.distill import DistillationLoss, feature_taps
 from effrank_utils.factorize import factorize
 from effrank_utils.presets import load_preset
@@ -23,7 +23,7 @@ FAST_TEACHER = dict(embed_dim=48, depth=2, num_heads=4, crop_padding=0, teacher_
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     cfg = load_preset("demo", **FAST_TEACHER)
-    data = load_data("digits")
+    data = load_data_for(cfg)  # the demo holds out a validation split
     run = tmp_path_factory.mktemp("teacher")
     teacher = train_teacher(cfg, run, data)
     return cfg, data, teacher, run

@@ -109,7 +109,7 @@ def plot_comparison(compared: Sequence[Compared]) -> Figure:
     ax.set_xticks(ranks, labels=[str(r) for r in ranks], fontsize=7)
     ax.minorticks_off()
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13))  # below the axes: the curves stay clear
     fig.tight_layout()
     plt.close(fig)
     return fig

@@ -131,9 +131,13 @@ def test_linear_axis_focuses_on_the_region_and_says_what_lies_beyond(study):
     ax = plot_effective_rank(study, result).axes[0]
     right = ax.get_xlim()[1]
     assert max(result.region_high, result.knee) < right < 32
-    assert any("lie to the right" in t.get_text() for t in ax.texts)
+    assert any("to the right" in t.get_text() for t in ax.texts)
     whole = plot_effective_rank(study, result, log_x=True).axes[0]
-    assert whole.get_xlim()[1] >= 32 and not any("lie to the right" in t.get_text() for t in whole.texts)
+    assert whole.get_xlim()[1] >= 32 and not any("to the right" in t.get_text() for t in whole.texts)
+    (knee,) = [line for line in ax.lines if line.get_marker() == "D"]
+    assert knee.get_markerfacecolor() == "none"  # hollow: the student point under it stays visible
+    labels = [t for t in ax.texts if t.get_text().startswith("r=")]
+    assert len(labels) == 2 and all(t.xycoords == ("data", "axes fraction") for t in labels)  # at the top
 
 
 def test_log_axis_is_labelled_with_rank_values(study):

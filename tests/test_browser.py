@@ -186,8 +186,14 @@ def exercise_panel(page: Page, study, shots: str) -> None:
     page.screenshot(path=ARTIFACTS / f"{shots}_4_log_axis.png")
 
 
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
 def test_jupyterlab_runs_notebook_03_and_the_panel_responds(browser, run_dir, study, tmp_path):
     import papermill
+
+    from effrank_utils.cli import write_lab_settings
+    write_lab_settings()  # what make install does: JupyterLab saves widget state, so a reopened panel renders
     lab_dir = tmp_path / "lab"
     lab_dir.mkdir()
     papermill.execute_notebook(ROOT / "notebooks" / "03_effective_rank_analysis.ipynb", lab_dir / "03.ipynb",
@@ -207,6 +213,8 @@ def test_jupyterlab_runs_notebook_03_and_the_panel_responds(browser, run_dir, st
             page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
             page.wait_for_selector(".widget-html-content:has-text('Effective-rank region')")
             exercise_panel(page, study, "jupyterlab")
+            page.keyboard.press("Control+s")  # widget state is saved with the notebook (make install's setting)
+            wait_until(lambda: (lab_dir / "03.ipynb").read_text(), lambda text: WIDGET_STATE in text)
         finally:
             page.screenshot(path=ARTIFACTS / "jupyterlab_last.png")
         assert errors == []

@@ -23,9 +23,16 @@ def effrank(*args: str, env: dict | None = None, timeout: int = 1800) -> subproc
                           env={**os.environ, **(env or {})}, timeout=timeout)  # timeout: a hang guard only
 
 
+def default_sigint() -> None:
+    """In the child: Ctrl-C acts as in a terminal even when the suite itself was started in the background (a
+    non-interactive shell starts background jobs with SIGINT ignored, and Python then never installs its handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(*args: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "effrank_utils", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+                            preexec_fn=default_sigint)
 
 
 def wait_for(path_glob, folder: Path, proc: subprocess.Popen) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from .curves import REFERENCE_CHOICES, validate_band
@@ -168,6 +169,8 @@ def _validate_fields(values: dict, registries: bool = True) -> dict:
     if v["teacher_checkpoint"] is not None and (not isinstance(v["teacher_checkpoint"], str)
                                                 or not v["teacher_checkpoint"]):
         raise ValueError(f"teacher_checkpoint: expected the path of a checkpoint file, got {v['teacher_checkpoint']!r}")
+    if v["teacher_checkpoint"] is not None:  # absolute: the notebooks run in another folder than the command line
+        v["teacher_checkpoint"] = str(Path(v["teacher_checkpoint"]).expanduser().absolute())
     if v["train_subset"] is not None:
         v["train_subset"] = _positive_int("train_subset", v["train_subset"])
     for name in ("teacher_lr", "student_lr", "kd_temperature", "mlp_ratio"):

@@ -125,3 +125,10 @@ def test_the_checkpoint_content_is_part_of_the_identity(config, data, tmp_path):
         run_sweep(config.replace(teacher_checkpoint=str(path)), tmp_path / "run", data=data)
     with pytest.raises(ValueError, match="made with another teacher"):  # nor a trained teacher in its place
         run_sweep(config, tmp_path / "run", data=data)
+
+
+def test_a_relative_path_is_made_absolute_where_it_is_given(config, tmp_path, monkeypatch):
+    torch.save(trained_state(config), tmp_path / "mine.pt")
+    monkeypatch.chdir(tmp_path)
+    given = load_preset("smoke", SETTINGS | {"teacher_checkpoint": "mine.pt"})
+    assert given.teacher_checkpoint == str(tmp_path / "mine.pt")

@@ -33,6 +33,7 @@ class Study:
     epochs: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["rank", "seed", "epoch",
                                                                           "test_accuracy"]))
     # per-epoch records of the successful rows (empty for sweeps made without them)
+    spectra: tuple[pd.DataFrame, dict] | None = None  # the teacher's per-map table and singular values, if saved
 
     @property
     def ranks(self) -> np.ndarray:
@@ -70,7 +71,7 @@ def load_study(run_dir: str | Path) -> Study:
     epochs = read_epochs(run_dir)
     epochs = epochs.merge(ok[["rank", "seed"]], on=["rank", "seed"])  # rows that later failed or were redone
     return Study(run_dir, load_run_config(run_dir), float(teacher["accuracy"]), ok.reset_index(drop=True),
-                 failed.reset_index(drop=True), epochs)
+                 failed.reset_index(drop=True), epochs, read_spectra(run_dir))
 
 
 def reference_value(study: Study, reference: str | float) -> float | str:
@@ -131,10 +132,10 @@ def training_free(study: Study, result: EffectiveRankResult) -> pd.DataFrame:
     spectral measure), what truncation alone says (the zero-shot SVD students' region and knee), and what
     distillation measures; ``vs distilled knee`` is each rank over the distilled knee."""
     rows = []
-    spectra = read_spectra(study.run_dir)
-    if spectra is not None:
-        medians = spectra[0][list(MEASURES)].median()
-        rows += [{"estimate": f"weights: {MEASURE_LABELS[m]} (median of {len(spectra[0])} maps)",
+    if study.spectra is not None:
+        per_map = study.spectra[0]
+        medians = per_map[list(MEASURES)].median()
+        rows += [{"estimate": f"weights: {MEASURE_LABELS[m]} (median of {len(per_map)} maps)",
                   "rank": float(medians[m])} for m in MEASURES]
     truncated = zero_shot(study, result)
     for name, fitted in (("truncation: SVD students before training", truncated), ("distillation", result)):
@@ -150,9 +151,8 @@ def training_free(study: Study, result: EffectiveRankResult) -> pd.DataFrame:
 def training_free_record(study: Study, result: EffectiveRankResult) -> dict:
     """The training-free estimates for ``summary.json``: the spectral medians (model, per map kind, per block)
     and the zero-shot region and knee."""
-    spectra = read_spectra(study.run_dir)
     truncated = zero_shot(study, result)
-    return {"spectral": summarize(spectra[0]) if spectra is not None else None,
+    return {"spectral": summarize(study.spectra[0]) if study.spectra is not None else None,
             "zero_shot": truncated.to_dict() if truncated is not None else None}
 
 
@@ -244,9 +244,8 @@ def save_results(study: Study, result: EffectiveRankResult, reference: str | flo
     found = study_convergence(study, result.band, reference)
     if found is not None:
         figures += save_figure(plot_convergence({study.config.init: found}), study.run_dir, "convergence")
-    spectra = read_spectra(study.run_dir)
-    if spectra is not None:
-        figures += save_figure(plot_spectra(*spectra), study.run_dir, "spectra")
+    if study.spectra is not None:
+        figures += save_figure(plot_spectra(*study.spectra), study.run_dir, "spectra")
     return [*figures, write_summary(study, result, reference)]
 
 

@@ -8,7 +8,10 @@ overlap. Writes a JSON record and one figure (region and knee against the budget
     python bench/init_study.py --preset demo --seeds 0 1 2 --out docs/init_study.json --figure docs/init_study.png
     python bench/init_study.py --replot --out docs/init_study.json --figure docs/init_study.png
 
-Run folders go to ``--results/<preset>-<init>`` and resume like any sweep.
+Run folders go to ``--results/<preset>-<init>`` and resume like any sweep. The inits share one teacher: the first
+init's run trains it and the others load its ``teacher.pt`` (``teacher_checkpoint``), unless one is given.
+``--init-set random:student_epochs=16`` changes a field for one init only (to take an expensive init only as far
+as the machine allows).
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from effrank_utils.analysis import analyze, load_study, save_results, study_convergence
+from effrank_utils.config import StudyConfig
 from effrank_utils.convergence import QUANTITIES
 from effrank_utils.plotting import plot_convergence
 from effrank_utils.presets import load_preset, parse_assignment
+from effrank_utils.run_folder import TEACHER_FILE
 from effrank_utils.sweep import run_sweep
 
 
@@ -36,17 +41,33 @@ def overlap(a: dict, b: dict) -> bool | None:
     return a["low"] <= b["high"] and b["low"] <= a["high"]
 
 
-def run_one(preset: str, init: str, seeds: list[int], overrides: dict, results: Path) -> dict:
+def parse_init_assignment(text: str) -> tuple[str, tuple[str, object]]:
+    """``init:field=value``, as ``(init, (field, value))``."""
+    init, sep, assignment = text.partition(":")
+    if not sep or not init.strip():
+        raise argparse.ArgumentTypeError(f"--init-set expects init:field=value, got {text!r}")
+    return init.strip(), parse_assignment(assignment)
+
+
+def init_fields(inits: list[str], seeds: list[int], overrides: dict, per_init: dict) -> dict[str, dict]:
+    """The config fields of each init's study (on top of the preset)."""
+    unknown = set(per_init) - set(inits)
+    if unknown:
+        raise ValueError(f"--init-set: {', '.join(sorted(unknown))} is not among --inits ({', '.join(inits)})")
+    return {init: overrides | {"init": init, "seeds": seeds} | per_init.get(init, {}) for init in inits}
+
+
+def run_one(config: StudyConfig, results: Path) -> dict:
     """Sweep (or resume) one init's study and summarize it."""
-    config = load_preset(preset, overrides | {"init": init, "seeds": seeds})
-    run_dir = results / f"{preset}-{init}"
+    run_dir = results / f"{config.preset}-{config.init}"
     tic = time.perf_counter()
     run_sweep(config, run_dir)
     study = load_study(run_dir)
     result = analyze(study, config.band, config.reference, n_bootstrap=1000)
     save_results(study, result, config.reference)
     found = study_convergence(study, config.band, config.reference)
-    return {"run_dir": str(run_dir), "seconds_this_call": round(time.perf_counter() - tic, 1),
+    return {"run_dir": str(run_dir), "config": config.to_dict(),
+            "seconds_this_call": round(time.perf_counter() - tic, 1),
             "teacher_accuracy": study.teacher_accuracy, "students": len(study.table),
             "student_epochs": {"total": int(study.table["epochs"].sum()), "max": int(study.table["epochs"].max()),
                                "stop_reasons": study.table["stop_reason"].value_counts().to_dict()},
@@ -72,6 +93,8 @@ def main() -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--set", dest="overrides", action="append", type=parse_assignment, default=[],
                         metavar="FIELD=VALUE", help="override a config field (repeatable)")
+    parser.add_argument("--init-set", dest="per_init", action="append", type=parse_init_assignment, default=[],
+                        metavar="INIT:FIELD=VALUE", help="override a config field for one init only (repeatable)")
     parser.add_argument("--results", type=Path, default=Path("results/init_study"))
     parser.add_argument("--out", type=Path, default=Path("docs/init_study.json"))
     parser.add_argument("--figure", type=Path, default=Path("docs/init_study.png"))
@@ -81,15 +104,23 @@ def main() -> int:
     if args.replot:
         figure(json.loads(args.out.read_text()), args.figure)
         return 0
-    try:
-        load_preset(args.preset, dict(args.overrides))  # bad settings fail here, before any training
+    per_init: dict[str, dict] = {}
+    for init, (name, value) in args.per_init:
+        per_init.setdefault(init, {})[name] = value
+    try:  # bad settings fail here, before any training
+        fields = init_fields(args.inits, args.seeds, dict(args.overrides), per_init)
+        for given in fields.values():
+            load_preset(args.preset, given)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     record = {"command": "python " + " ".join(sys.argv), "preset": args.preset, "seeds": args.seeds,
-              "overrides": dict(args.overrides),
-              "inits": {init: run_one(args.preset, init, args.seeds, dict(args.overrides), args.results)
-                        for init in args.inits}}
+              "overrides": dict(args.overrides), "per_init": per_init, "inits": {}}
+    for init, given in fields.items():
+        if record["inits"] and "teacher_checkpoint" not in given:  # the first init's teacher, trained once
+            first = Path(record["inits"][args.inits[0]]["run_dir"])
+            given = given | {"teacher_checkpoint": str(first / TEACHER_FILE)}
+        record["inits"][init] = run_one(load_preset(args.preset, given), args.results)
     if len(args.inits) == 2:
         a, b = (record["inits"][i] for i in args.inits)
         record["intervals_overlap"] = {name: overlap(a["intervals"].get(name), b["intervals"].get(name))

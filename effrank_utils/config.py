@@ -213,13 +213,17 @@ def _validate_combination(config: StudyConfig) -> None:
                          "outputs (use loss kd or logits, or cache_teacher=False)")
     for role in ("teacher", "student"):
         if getattr(config, f"{role}_patience") == 0:
+            if getattr(config, f"{role}_schedule") == "plateau":
+                raise ValueError(f"{role}_schedule: 'plateau' cuts the learning rate at validation plateaus; set "
+                                 f"{role}_patience > 0 (with validation_fraction > 0), or use 'constant'")
             continue
         if config.validation_fraction == 0:
             raise ValueError(f"{role}_patience: early stopping is judged on a validation split; set "
                              "validation_fraction > 0 (e.g. 0.1) or the patience to 0")
         if getattr(config, f"{role}_schedule") == "cosine":
             raise ValueError(f"{role}_patience: a cosine schedule is tied to {role}_epochs, so stopping early cuts "
-                             f"it short; use {role}_schedule='constant' with early stopping, or the patience to 0")
+                             f"it short; use {role}_schedule='constant' or 'plateau' with early stopping, or the "
+                             "patience to 0")
     if config.teacher_checkpoint is not None and config.pretrained:
         raise ValueError("teacher_checkpoint: a teacher loaded from a checkpoint replaces pretrained weights; set "
                          "pretrained=False (or drop teacher_checkpoint)")

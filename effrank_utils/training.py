@@ -1,12 +1,13 @@
 """One training loop for a group of models that share a batch stream (a teacher alone, or fused students).
 
 Per epoch: seed the RNG from ``(seed, epoch)``, run the pipeline's batches, step every model's AdamW with a
-warmup + cosine (or constant) learning rate, evaluate top-1 on the validation split (when there is one) and the
+warmup + cosine, constant or plateau-cut learning rate, evaluate top-1 on the validation split (when there is one) and the
 test split, and checkpoint the whole state atomically so that a killed run resumes at the last finished epoch
 with the same numbers. Losses are summed on the device and read once per epoch (no per-step host sync).
 
 A model stops on its own when its validation accuracy has not improved for ``patience`` epochs (``plateau``),
-else at the recipe's epochs (``cap``); a model whose loss turns NaN/inf is dropped with the reason recorded. The
+else at the recipe's epochs (``cap``). Under the ``plateau`` schedule, the first ``PLATEAU_CUTS`` plateaus cut that
+model's learning rate by ``PLATEAU_FACTOR`` instead, and the next one stops it; a model whose loss turns NaN/inf is dropped with the reason recorded. The
 others in the group go on.
 """
 
@@ -54,8 +55,11 @@ def constant(progress: float) -> float:
     return 1.0
 
 
-#: Learning-rate schedules after warmup: name -> factor of the base rate as a function of progress.
-SCHEDULES: dict[str, Callable[[float], float]] = {"cosine": cosine, "constant": constant}
+#: Learning-rate schedules after warmup: name -> factor of the base rate as a function of progress. ``plateau`` is
+#: the base rate, cut by ``PLATEAU_FACTOR`` at each validation plateau (``fit`` applies the cuts per model).
+SCHEDULES: dict[str, Callable[[float], float]] = {"cosine": cosine, "constant": constant, "plateau": constant}
+PLATEAU_FACTOR = 0.1  # the plateau schedule's learning-rate cut
+PLATEAU_CUTS = 2      # cuts before a plateau stops the model (the rate ends at PLATEAU_FACTOR ** PLATEAU_CUTS)
 
 
 @dataclass(frozen=True)
@@ -138,12 +142,35 @@ def evaluate(model: nn.Module, pipeline: BatchPipeline, amp: bool = False, split
     return correct.item() / pipeline.data.split(split)[1].numel()
 
 
-def plateaued(history: Sequence[dict], patience: int) -> bool:
-    """True when the last ``patience`` epochs brought no validation accuracy above the best before them."""
-    if patience <= 0 or len(history) <= patience:
-        return False
-    before = max(h["val_accuracy"] for h in history[:-patience])
-    return max(h["val_accuracy"] for h in history[-patience:]) <= before
+def plateaus(history: Sequence[dict], patience: int) -> int:
+    """How many validation plateaus the history holds: runs of ``patience`` epochs without a validation accuracy
+    above the best so far (the count of epochs restarts after each plateau)."""
+    if patience <= 0:
+        return 0
+    count, best, since = 0, -math.inf, 0
+    for record in history:
+        if record["val_accuracy"] > best:
+            best, since = record["val_accuracy"], 0
+        else:
+            since += 1
+        if since == patience:
+            count, since = count + 1, 0
+    return count
+
+
+def cuts_allowed(recipe: Recipe) -> int:
+    """Plateaus that cut the learning rate before one stops the model (only the plateau schedule cuts)."""
+    return PLATEAU_CUTS if recipe.schedule == "plateau" else 0
+
+
+def plateaued(history: Sequence[dict], recipe: Recipe) -> bool:
+    """True when the history holds more validation plateaus than the recipe's schedule cuts the rate at."""
+    return plateaus(history, recipe.patience) > cuts_allowed(recipe)
+
+
+def rate_factor(history: Sequence[dict], recipe: Recipe) -> float:
+    """The factor on the scheduled learning rate for the next epoch: ``PLATEAU_FACTOR`` per cut so far."""
+    return PLATEAU_FACTOR ** min(plateaus(history, recipe.patience), cuts_allowed(recipe))
 
 
 def _restore(state_path: Path | None, models: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer],
@@ -210,6 +237,7 @@ def fit(models: Sequence[nn.Module], objective: Objective, pipeline: BatchPipeli
         torch.manual_seed(derive_seed(seed, epoch + 1))  # dropout / drop-path, resumable per epoch
         for i in active:
             models[i].train()
+        factors = [rate_factor(results[i].history, recipe) for i in active]
         loss_sum = torch.zeros(len(active), device=device)
         tic = time.perf_counter()
         for step, batch in enumerate(pipeline.train_batches(seed, epoch)):
@@ -222,21 +250,21 @@ def fit(models: Sequence[nn.Module], objective: Objective, pipeline: BatchPipeli
                 optimizers[i].zero_grad(set_to_none=True)
                 loss.backward()
                 for group in optimizers[i].param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * factors[slot]
                 optimizers[i].step()
                 loss_sum[slot] += loss.detach()
         mean_loss = (loss_sum / steps).tolist()
         seconds = time.perf_counter() - tic
-        for i, loss in zip(active, mean_loss):
+        for i, loss, factor in zip(active, mean_loss, factors):
             if not math.isfinite(loss):
                 results[i].failure = f"non-finite loss ({loss}) in epoch {epoch + 1}"
                 log.warning("model %d of %s stopped: %s", i, desc, results[i].failure)
                 continue
-            record = {"epoch": epoch + 1, "loss": loss, "lr": lr, "seconds": seconds}
+            record = {"epoch": epoch + 1, "loss": loss, "lr": lr * factor, "seconds": seconds}
             if pipeline.data.has_validation:
                 record["val_accuracy"] = evaluate(models[i], pipeline, amp, split="val")
             results[i].history.append(record | {"test_accuracy": evaluate(models[i], pipeline, amp)})
-            if plateaued(results[i].history, recipe.patience):
+            if plateaued(results[i].history, recipe):
                 results[i].stop_reason = PLATEAU
             elif epoch + 1 == recipe.epochs:
                 results[i].stop_reason = CAP

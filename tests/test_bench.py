@@ -42,14 +42,26 @@ def test_init_study_records_both_inits_and_redraws(tmp_path):
     settings = ["ranks=[1,4]", "student_epochs=3", "validation_fraction=0.1", "student_patience=1",
                 "student_schedule=constant", "teacher_epochs=2"]
     run("bench/init_study.py", "--preset", "smoke", "--seeds", "0", "1", *[a for s in settings for a in ("--set", s)],
-        "--results", str(tmp_path / "runs"), "--out", str(out), "--figure", str(figure))
+        "--init-set", "random:student_epochs=2", "--results", str(tmp_path / "runs"), "--out", str(out),
+        "--figure", str(figure))
     record = json.loads(out.read_text())
     assert set(record["inits"]) == {"svd", "random"}
     assert set(record["intervals_overlap"]) == {"region_low", "region_high", "knee"}
     for entry in record["inits"].values():
         assert isinstance(entry["converged"], bool) and entry["verdict"]
-        assert entry["students"] == 4 and entry["student_epochs"]["max"] <= 3
+        assert entry["students"] == 4
+    svd, rand = record["inits"]["svd"], record["inits"]["random"]
+    assert (svd["config"]["student_epochs"], rand["config"]["student_epochs"]) == (3, 2)  # for one init only
+    assert svd["student_epochs"]["max"] <= 3 and rand["student_epochs"]["max"] <= 2
+    # one teacher for both inits: the random study loads the one the svd study trained
+    assert rand["config"]["teacher_checkpoint"] == str(tmp_path / "runs" / "smoke-svd" / "teacher.pt")
+    assert svd["config"]["teacher_checkpoint"] is None
+    assert rand["teacher_accuracy"] == svd["teacher_accuracy"]
     assert figure.stat().st_size > 0
+    refused = subprocess.run([sys.executable, "bench/init_study.py", "--inits", "svd", "--init-set",
+                              "random:student_epochs=2", "--out", str(tmp_path / "no.json")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "--init-set: random is not among --inits" in refused.stderr
     run("bench/init_study.py", "--replot", "--out", str(out), "--figure", str(tmp_path / "again.png"))
 
 

@@ -17,7 +17,8 @@ from effrank_utils.models import build_model
 from effrank_utils.presets import load_preset
 from effrank_utils.run_folder import EPOCHS_CSV, read_epochs
 from effrank_utils.sweep import run_sweep
-from effrank_utils.training import CAP, PLATEAU, Recipe, fit, plateaued
+from effrank_utils.training import (CAP, PLATEAU, PLATEAU_CUTS, PLATEAU_FACTOR, Recipe, fit, plateaued, plateaus,
+                                    rate_factor)
 
 SMOKE = dict(validation_fraction=0.1, student_patience=1, student_schedule="constant", student_epochs=6)
 
@@ -68,10 +69,45 @@ def tagged(group):
     return group
 
 
+def constant_with(patience):
+    return Recipe(epochs=10, lr=1e-3, weight_decay=0.0, schedule="constant", patience=patience)
+
+
 def test_plateau_helper():
     history = [{"val_accuracy": v} for v in (0.2, 0.5, 0.5, 0.4)]
-    assert plateaued(history, 2) and not plateaued(history, 3) and not plateaued(history, 0)
-    assert not plateaued(history[:3], 2)  # a plateau needs patience epochs after a best
+    assert plateaued(history, constant_with(2)) and not plateaued(history, constant_with(3))
+    assert not plateaued(history, constant_with(0))
+    assert not plateaued(history[:3], constant_with(2))  # a plateau needs patience epochs after a best
+
+
+def test_plateaus_are_counted_from_the_best_so_far_and_restart_after_each():
+    values = (0.2, 0.5, 0.5, 0.4, 0.5, 0.5, 0.6, 0.6, 0.6)  # plateaus end at epochs 3 and 5; 0.6 is a new best
+    history = [{"val_accuracy": v} for v in values]
+    assert [plateaus(history[:n], 2) for n in range(1, 10)] == [0, 0, 0, 1, 1, 2, 2, 2, 3]
+    assert plateaus(history, 0) == 0
+
+
+def test_the_plateau_schedule_cuts_the_rate_at_each_plateau_then_stops():
+    recipe = Recipe(epochs=20, lr=1e-3, weight_decay=0.0, schedule="plateau", patience=1)
+    history = []
+    factors = []
+    for value in (0.5, 0.5, 0.6, 0.6, 0.6):  # plateaus after epochs 2, 4 and 5
+        history.append({"val_accuracy": value})
+        factors.append(rate_factor(history, recipe))
+    assert factors == pytest.approx([1, PLATEAU_FACTOR, PLATEAU_FACTOR, PLATEAU_FACTOR ** 2, PLATEAU_FACTOR ** 2])
+    assert [plateaued(history[:n], recipe) for n in range(1, 6)] == [False] * 4 + [True]
+    assert PLATEAU_CUTS == 2
+    assert rate_factor(history, constant_with(1)) == 1.0  # only the plateau schedule cuts
+
+
+def test_a_plateau_scheduled_student_trains_on_at_a_lower_rate(setup, scripted_validation):
+    config, data, pipeline = setup
+    recipe = Recipe(epochs=8, lr=1e-3, weight_decay=0.0, schedule="plateau", patience=1)
+    flat, rising = fit(tagged(models(config, data)), CrossEntropy(), pipeline, recipe, seed=0)
+    assert (flat.stop_reason, len(flat.history)) == (PLATEAU, 4)  # cut after epochs 2 and 3, stopped after 4
+    assert [h["lr"] for h in flat.history] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-5])
+    assert (rising.stop_reason, len(rising.history)) == (CAP, 8)
+    assert {h["lr"] for h in rising.history} == {1e-3}
 
 
 def test_a_plateaued_student_stops_and_an_improving_one_hits_the_cap(setup, scripted_validation):
@@ -142,6 +178,7 @@ def test_early_stopping_needs_a_validation_split(setup):
     (dict(teacher_patience=2, validation_fraction=0.1), "teacher_patience: a cosine schedule"),
     (dict(validation_fraction=0.5), "validation_fraction: must lie in"),
     (dict(student_patience=-1), "student_patience: must be an integer >= 0"),
+    (dict(student_schedule="plateau"), "student_schedule: 'plateau' cuts the learning rate"),
 ])
 def test_bad_stopping_settings_are_refused_by_name(overrides, message):
     with pytest.raises(ValueError, match=message):

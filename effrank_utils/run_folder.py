@@ -124,6 +124,11 @@ def study_identity(config: StudyConfig, data_fingerprint: str, names: tuple[str,
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
+def identity_of(config: StudyConfig, data: Any, names: tuple[str, ...] = STUDY_FIELDS) -> str:
+    """:func:`study_identity` of ``config`` with the inputs ``data`` (and a loaded teacher) give it."""
+    return study_identity(config, inputs_fingerprint(config, data), names)
+
+
 def check_same_study(where: str, saved_config: dict, saved_fingerprint: str | None, config: StudyConfig,
                      data_fingerprint: str | None, names: tuple[str, ...] = STUDY_FIELDS) -> None:
     """Refuse ``where`` (a folder or file) if it was made with other values of ``names`` or other data (not

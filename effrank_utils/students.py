@@ -26,8 +26,7 @@ from .run_folder import (
     TEACHER_CACHE_DIR,
     Task,
     finished_row,
-    inputs_fingerprint,
-    study_identity,
+    identity_of,
     write_row,
     write_sweep_csv,
 )
@@ -81,7 +80,7 @@ def train_students(config: StudyConfig, teacher: torch.nn.Module, data: ImageDat
     loss = DistillationLoss(teacher, config.loss, config.kd_temperature, config.kd_alpha, cache)
     label = ",".join(str(t.rank) for t in tasks)
     results = fit(students, loss, pipeline, recipe_for(config, "student"), seed=seed, amp=config.amp,
-                  state_path=state_path, state_tag=study_identity(config, inputs_fingerprint(config, data)),
+                  state_path=state_path, state_tag=identity_of(config, data),
                   checkpoint_every=config.checkpoint_every, desc=f"rank {label} seed {seed}")
     seconds = (time.perf_counter() - tic) / len(tasks)
     teacher_params = count_parameters(teacher)
@@ -94,7 +93,7 @@ def run_group(config: StudyConfig, run_dir: Path, teacher: Teacher, data: ImageD
     """Train the tasks of ``group`` that no other process holds and that are not finished. Returns the rows of
     the group's finished tasks that were not held elsewhere, and those held elsewhere (to be waited for)."""
     task_dir = run_dir / TASK_DIR
-    identity = study_identity(config, inputs_fingerprint(config, data))
+    identity = identity_of(config, data)
     with contextlib.ExitStack() as stack:
         mine, elsewhere = [], []
         for task in group:

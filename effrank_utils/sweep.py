@@ -27,10 +27,9 @@ from .run_folder import (
     WORKER_FAILURE,
     Task,
     finished_row,
-    inputs_fingerprint,
+    identity_of,
     read_row,
     read_sweep,
-    study_identity,
     write_row,
     write_sweep_csv,
 )
@@ -70,7 +69,7 @@ def _announce(rows: Sequence[dict]) -> None:
 def _run_tasks(config: StudyConfig, run_dir: Path, teacher: Teacher, data: ImageData, tasks: Sequence[Task],
                on_rows: Callable[[pd.DataFrame], None] | None, executor: cf.Executor | None) -> None:
     """Run the unfinished ``tasks`` in fused groups, here or through ``executor``."""
-    identity = study_identity(config, inputs_fingerprint(config, data))
+    identity = identity_of(config, data)
     pending = [t for t in tasks if finished_row(run_dir, t, identity) is None]
     log.info("sweep: %d of %d tasks to run in %s", len(pending), len(tasks), run_dir)
     bar = tqdm(total=len(tasks), initial=len(tasks) - len(pending), desc="students", unit="student")

@@ -30,9 +30,9 @@ from .run_folder import (
     TEACHER_METRICS_CSV,
     TEACHER_STATE_FILE,
     check_same_study,
+    identity_of,
     inputs_fingerprint,
     prepare_run,
-    study_identity,
 )
 from .storage import CorruptFile, file_lock, load_checkpoint, read_json, save_checkpoint, write_json, write_text
 from .training import evaluate, fit, recipe_for
@@ -155,7 +155,7 @@ def _train(config: StudyConfig, run_dir: Path, data: ImageData) -> Teacher:
     _write_status(run_dir, config, data, "training")
     (result,) = fit([model], CrossEntropy(), pipeline, recipe_for(config, "teacher"), seed=config.seed,
                     amp=config.amp, state_path=state_path,
-                    state_tag=study_identity(config, inputs_fingerprint(config, data), TEACHER_FIELDS),
+                    state_tag=identity_of(config, data, TEACHER_FIELDS),
                     checkpoint_every=config.checkpoint_every, desc="teacher",
                     on_epoch=lambda _, results: write_text(run_dir / TEACHER_METRICS_CSV,
                                                            history_csv(results[0].history)))

@@ -1,14 +1,15 @@
 """One training loop for a group of models that share a batch stream (a teacher alone, or fused students).
 
 Per epoch: seed the RNG from ``(seed, epoch)``, run the pipeline's batches, step every model's AdamW with a
-warmup + cosine, constant or plateau-cut learning rate, evaluate top-1 on the validation split (when there is one) and the
-test split, and checkpoint the whole state atomically so that a killed run resumes at the last finished epoch
-with the same numbers. Losses are summed on the device and read once per epoch (no per-step host sync).
+warmup + cosine, constant or plateau-cut learning rate, evaluate top-1 on the validation split (when there is
+one) and the test split, and checkpoint the whole state atomically so that a killed run resumes at the last
+finished epoch with the same numbers. Losses are summed on the device and read once per epoch (no per-step host
+sync).
 
 A model stops on its own when its validation accuracy has not improved for ``patience`` epochs (``plateau``),
-else at the recipe's epochs (``cap``). Under the ``plateau`` schedule, the first ``PLATEAU_CUTS`` plateaus cut that
-model's learning rate by ``PLATEAU_FACTOR`` instead, and the next one stops it; a model whose loss turns NaN/inf is dropped with the reason recorded. The
-others in the group go on.
+else at the recipe's epochs (``cap``). Under the ``plateau`` schedule, the first ``PLATEAU_CUTS`` plateaus cut
+that model's learning rate by ``PLATEAU_FACTOR`` instead, and the next one stops it. A model whose loss turns
+NaN/inf is dropped with the reason recorded. The others in the group go on.
 """
 
 from __future__ import annotations

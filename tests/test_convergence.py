@@ -17,8 +17,17 @@ from effrank_utils.models import build_model
 from effrank_utils.presets import load_preset
 from effrank_utils.run_folder import EPOCHS_CSV, read_epochs
 from effrank_utils.sweep import run_sweep
-from effrank_utils.training import (CAP, PLATEAU, PLATEAU_CUTS, PLATEAU_FACTOR, Recipe, fit, plateaued, plateaus,
-                                    rate_factor)
+from effrank_utils.training import (
+    CAP,
+    PLATEAU,
+    PLATEAU_CUTS,
+    PLATEAU_FACTOR,
+    Recipe,
+    fit,
+    plateaued,
+    plateaus,
+    rate_factor,
+)
 
 SMOKE = dict(validation_fraction=0.1, student_patience=1, student_schedule="constant", student_epochs=6)
 

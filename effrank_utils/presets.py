@@ -29,7 +29,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         depth=4, num_heads=4,
         mlp_ratio=2.0, teacher_epochs=60, teacher_lr=2e-3, teacher_weight_decay=0.05, teacher_batch_size=64,
         teacher_warmup_epochs=3, ranks=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64), init="svd", loss="kd",
-        kd_temperature=4.0, kd_alpha=0.5, student_epochs=64, student_patience=5, student_schedule="constant",
+        kd_temperature=4.0, kd_alpha=0.5, student_epochs=100, student_patience=5, student_schedule="plateau",
         student_lr=1e-3, student_batch_size=64,
     ),
     "cifar10-cpu": dict(

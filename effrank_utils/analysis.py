@@ -197,16 +197,17 @@ def summary_text(study: Study, result: EffectiveRankResult, found: Convergence |
     return text
 
 
-def summary(study: Study, result: EffectiveRankResult, reference: str | float) -> dict:
+def summary(study: Study, result: EffectiveRankResult, reference: str | float,
+            found: Convergence | None = None) -> dict:
     """The JSON-ready record of a study's result (``summary.json``).
 
     ``knee`` is ``None`` where undefined, with ``knee_status`` saying why. ``intervals`` (with several seeds) maps
     ``region_low``/``region_high``/``knee`` to ``low``, ``high``, ``reached`` (share of bootstrap resamples in which
     the level was reached / the knee defined), ``censored`` (``reached`` below 95%), ``resamples``, the shares
-    missing by why, and ``describe``.
+    missing by why, and ``describe``. ``found`` is the study's :func:`study_convergence` when already computed.
     """
     fitted = result.to_dict()
-    found = study_convergence(study, result.band, reference)
+    found = found if found is not None else study_convergence(study, result.band, reference)
     config = study.config
     return {
         "preset": config.preset,
@@ -232,9 +233,10 @@ def summary(study: Study, result: EffectiveRankResult, reference: str | float) -
     }
 
 
-def write_summary(study: Study, result: EffectiveRankResult, reference: str | float) -> Path:
+def write_summary(study: Study, result: EffectiveRankResult, reference: str | float,
+                  found: Convergence | None = None) -> Path:
     """Write ``summary.json`` beside the sweep (atomically)."""
-    return write_json(study.run_dir / SUMMARY_JSON, summary(study, result, reference))
+    return write_json(study.run_dir / SUMMARY_JSON, summary(study, result, reference, found))
 
 
 def save_results(study: Study, result: EffectiveRankResult, reference: str | float) -> list[Path]:
@@ -246,7 +248,7 @@ def save_results(study: Study, result: EffectiveRankResult, reference: str | flo
         figures += save_figure(plot_convergence({study.config.init: found}), study.run_dir, "convergence")
     if study.spectra is not None:
         figures += save_figure(plot_spectra(*study.spectra), study.run_dir, "spectra")
-    return [*figures, write_summary(study, result, reference)]
+    return [*figures, write_summary(study, result, reference, found)]
 
 
 def sensitivity(study: Study, bands: Sequence[Sequence[float]] = ((0.85, 0.95), (0.80, 0.90), (0.90, 0.97)),
@@ -268,7 +270,8 @@ def headline(run_dir: str | Path) -> str:
     knee = f"knee {summary['knee']:.2f}" if summary["knee"] is not None else f"knee {summary['knee_status']}"
     censored = [i["describe"] for i in (summary["intervals"] or {}).values() if i["censored"]]
     found = summary.get("convergence")
-    budget = (f"up to {estimator['student_epochs']} epochs, stopping at a validation plateau (patience "
+    cuts = "learning rate cut at earlier plateaus, " if estimator.get("student_schedule") == "plateau" else ""
+    budget = (f"up to {estimator['student_epochs']} epochs, {cuts}stopping at a validation plateau (patience "
               f"{estimator['student_patience']})" if estimator.get("student_patience")
               else f"{estimator['student_epochs']} epochs")
     return (f"effective-rank region [{facts['region_low']}, {facts['region_high']}] ({lo:.0%}-{hi:.0%} of "

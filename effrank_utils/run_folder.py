@@ -80,7 +80,7 @@ WORKER_FAILURE = "worker failed"
 COLUMNS = ("rank", "seed", "status", "params", "teacher_params", "compression", "final_accuracy",
            "best_accuracy", "best_epoch", "zero_shot_accuracy", "epochs", "stop_reason", "val_accuracy", "init",
            "loss", "seconds", "failure")
-EPOCH_FIELDS = ("epoch", "loss", "val_accuracy", "test_accuracy")  # per-epoch record of a student, in its row
+EPOCH_FIELDS = ("epoch", "lr", "loss", "val_accuracy", "test_accuracy")  # a student's epochs, in its row
 TASK_FILE = re.compile(r"r(\d+)_s(\d+)\.json")
 
 

@@ -323,3 +323,24 @@ def test_a_sweep_without_per_epoch_records_says_so(stopped_run, tmp_path):
     analysis.write_summary(study, analysis.analyze(study), "teacher")
     assert json.loads((copy / "summary.json").read_text())["converged"] is None
     assert "convergence unknown" in analysis.headline(copy)
+
+
+def test_a_plateau_scheduled_sweep_records_its_cuts_and_says_so(tmp_path):
+    run_dir = tmp_path / "cuts"
+    run_sweep(load_preset("smoke", SMOKE | dict(student_schedule="plateau", student_epochs=12, ranks=(1, 4))),
+              run_dir)
+    cut = 0
+    for task in sorted((run_dir / "tasks").glob("*.json")):
+        row = json.loads(task.read_text())
+        rates = [h["lr"] for h in row["history"]]
+        cut += min(rates) < 3e-3
+        assert rates == sorted(rates, reverse=True)
+        assert {round(r / 3e-3, 6) for r in rates} <= {1.0, 0.1, 0.01}  # the smoke rate, cut by 10x per plateau
+        if row["stop_reason"] == PLATEAU:  # stopped at the third plateau, after two cuts
+            assert rates[-1] == pytest.approx(3e-5)
+    assert cut, "no student reached a plateau: the test would not see a cut"
+    assert read_epochs(run_dir)["lr"].notna().all()
+    study = analysis.load_study(run_dir)
+    analysis.save_results(study, analysis.analyze(study), "teacher")
+    assert "learning rate cut at earlier plateaus, stopping at a validation plateau (patience 1)" in \
+        analysis.headline(run_dir)

@@ -30,7 +30,7 @@ from effrank_utils.config import StudyConfig
 from effrank_utils.convergence import QUANTITIES
 from effrank_utils.plotting import plot_convergence
 from effrank_utils.presets import load_preset, parse_assignment
-from effrank_utils.run_folder import TEACHER_FILE
+from effrank_utils.run_folder import SWEEP_CSV, TEACHER_FILE
 from effrank_utils.sweep import run_sweep
 
 
@@ -57,11 +57,13 @@ def init_fields(inits: list[str], seeds: list[int], overrides: dict, per_init: d
     return {init: overrides | {"init": init, "seeds": seeds} | per_init.get(init, {}) for init in inits}
 
 
-def run_one(config: StudyConfig, results: Path) -> dict:
-    """Sweep (or resume) one init's study and summarize it."""
+def run_one(config: StudyConfig, results: Path, sweep: bool = True) -> dict:
+    """Sweep (or resume) one init's study and summarize it; with ``sweep=False``, summarize the students that
+    have finished so far (a study still running, or stopped for time)."""
     run_dir = results / f"{config.preset}-{config.init}"
     tic = time.perf_counter()
-    run_sweep(config, run_dir)
+    if sweep:
+        run_sweep(config, run_dir)
     study = load_study(run_dir)
     result = analyze(study, config.band, config.reference, n_bootstrap=1000)
     save_results(study, result, config.reference)
@@ -69,6 +71,7 @@ def run_one(config: StudyConfig, results: Path) -> dict:
     return {"run_dir": str(run_dir), "config": config.to_dict(),
             "seconds_this_call": round(time.perf_counter() - tic, 1),
             "teacher_accuracy": study.teacher_accuracy, "students": len(study.table),
+            "students_planned": len(config.ranks) * len(config.seeds),
             "student_epochs": {"total": int(study.table["epochs"].sum()), "max": int(study.table["epochs"].max()),
                                "stop_reasons": study.table["stop_reason"].value_counts().to_dict()},
             "region": [result.low.describe(), result.high.describe()], "knee": result.knee,
@@ -99,6 +102,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("docs/init_study.json"))
     parser.add_argument("--figure", type=Path, default=Path("docs/init_study.png"))
     parser.add_argument("--replot", action="store_true", help="redraw the figure from --out's run folders")
+    parser.add_argument("--no-train", action="store_true",
+                        help="record the students that have finished so far, training nothing")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.replot:
@@ -111,16 +116,21 @@ def main() -> int:
         fields = init_fields(args.inits, args.seeds, dict(args.overrides), per_init)
         for given in fields.values():
             load_preset(args.preset, given)
+        if args.no_train:
+            for init in args.inits:
+                if not (args.results / f"{args.preset}-{init}" / SWEEP_CSV).exists():
+                    raise ValueError(f"--no-train: {args.results / f'{args.preset}-{init}'} has no finished "
+                                     "students; leave the init out of --inits or train it")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     record = {"command": "python " + " ".join(sys.argv), "preset": args.preset, "seeds": args.seeds,
-              "overrides": dict(args.overrides), "per_init": per_init, "inits": {}}
+              "overrides": dict(args.overrides), "per_init": per_init, "complete": not args.no_train, "inits": {}}
     for init, given in fields.items():
         if record["inits"] and "teacher_checkpoint" not in given:  # the first init's teacher, trained once
             first = Path(record["inits"][args.inits[0]]["run_dir"])
             given = given | {"teacher_checkpoint": str(first / TEACHER_FILE)}
-        record["inits"][init] = run_one(load_preset(args.preset, given), args.results)
+        record["inits"][init] = run_one(load_preset(args.preset, given), args.results, sweep=not args.no_train)
     if len(args.inits) == 2:
         a, b = (record["inits"][i] for i in args.inits)
         record["intervals_overlap"] = {name: overlap(a["intervals"].get(name), b["intervals"].get(name))

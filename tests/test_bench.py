@@ -57,12 +57,25 @@ def test_init_study_records_both_inits_and_redraws(tmp_path):
     assert rand["config"]["teacher_checkpoint"] == str(tmp_path / "runs" / "smoke-svd" / "teacher.pt")
     assert svd["config"]["teacher_checkpoint"] is None
     assert rand["teacher_accuracy"] == svd["teacher_accuracy"]
-    assert figure.stat().st_size > 0
+    assert figure.stat().st_size > 0 and record["complete"]
+    again = tmp_path / "again.json"  # recorded from the finished students alone: the same numbers
+    run("bench/init_study.py", "--preset", "smoke", "--seeds", "0", "1", *[a for s in settings for a in ("--set", s)],
+        "--init-set", "random:student_epochs=2", "--results", str(tmp_path / "runs"), "--out", str(again),
+        "--figure", str(tmp_path / "again.png"), "--no-train")
+    recorded = json.loads(again.read_text())
+    assert not recorded["complete"]
+    for init in ("svd", "random"):
+        assert recorded["inits"][init]["region"] == record["inits"][init]["region"]
+        assert recorded["inits"][init]["students"] == recorded["inits"][init]["students_planned"] == 4
     refused = subprocess.run([sys.executable, "bench/init_study.py", "--inits", "svd", "--init-set",
                               "random:student_epochs=2", "--out", str(tmp_path / "no.json")],
                              cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert refused.returncode == 2 and "--init-set: random is not among --inits" in refused.stderr
-    run("bench/init_study.py", "--replot", "--out", str(out), "--figure", str(tmp_path / "again.png"))
+    untrained = subprocess.run([sys.executable, "bench/init_study.py", "--results", str(tmp_path / "none"),
+                                "--no-train", "--out", str(tmp_path / "no.json")],
+                               cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert untrained.returncode == 2 and "has no finished students" in untrained.stderr
+    run("bench/init_study.py", "--replot", "--out", str(out), "--figure", str(tmp_path / "redrawn.png"))
 
 
 def test_paper_gpu_benchmark_runs_tiny_on_the_cpu(tmp_path):

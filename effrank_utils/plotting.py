@@ -88,7 +88,8 @@ def plot_effective_rank(study: "Study", result: EffectiveRankResult, log_x: bool
     ref = result.reference
     grouped = study.table.groupby("rank")["final_accuracy"]
     mean, low, high = grouped.mean() / ref, grouped.min() / ref, grouped.max() / ref
-    ax.errorbar(mean.index, mean.to_numpy(), yerr=[(mean - low).to_numpy(), (high - mean).to_numpy()], fmt="o",
+    spread = np.clip([(mean - low).to_numpy(), (high - mean).to_numpy()], 0, None)  # equal seeds: mean may round
+    ax.errorbar(mean.index, mean.to_numpy(), yerr=spread, fmt="o",
                 color="C0", capsize=3, label="students (mean, seed range)", zorder=3)
     r = np.linspace(result.ranks[0], result.ranks[-1], 800)
     ax.plot(r, result.curve(r), color="C0", lw=2, label="monotone PCHIP fit")

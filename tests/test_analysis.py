@@ -156,6 +156,14 @@ def test_students_larger_than_the_teacher_are_flagged_on_the_compression_axis(st
     assert "larger than the teacher" in top.get_xlabel()
 
 
+def test_seeds_with_equal_accuracy_draw_without_a_negative_spread(study):
+    # the mean of three equal accuracies can round 1e-16 below their minimum; matplotlib refuses negative bars
+    table = pd.concat([study.table.assign(seed=s, final_accuracy=0.9388888888888889) for s in range(3)])
+    equal = dataclasses.replace(study, table=table)
+    assert (table.groupby("rank")["final_accuracy"].mean() < 0.9388888888888889).any()
+    plot_effective_rank(equal, analysis.analyze(equal, reference=1.0, n_bootstrap=0))
+
+
 def test_region_facts_report_cost_at_both_ends(study):
     result = analysis.analyze(study)
     facts = analysis.region_facts(study, result)

@@ -66,8 +66,8 @@ def run_one(config: StudyConfig, results: Path, sweep: bool = True) -> dict:
         run_sweep(config, run_dir)
     study = load_study(run_dir)
     result = analyze(study, config.band, config.reference, n_bootstrap=1000)
-    save_results(study, result, config.reference)
     found = study_convergence(study, config.band, config.reference)
+    save_results(study, result, config.reference, found)
     return {"run_dir": str(run_dir), "config": config.to_dict(),
             "seconds_this_call": round(time.perf_counter() - tic, 1),
             "teacher_accuracy": study.teacher_accuracy, "students": len(study.table),

@@ -14,7 +14,15 @@ from .config import StudyConfig
 from .convergence import Convergence, convergence
 from .curves import EffectiveRankResult, effective_rank, sensitivity_table
 from .plotting import plot_convergence, plot_effective_rank, plot_spectra, save_figure
-from .run_folder import COVERAGE_JSON, SUMMARY_JSON, TEACHER_JSON, load_run_config, read_epochs, read_sweep
+from .run_folder import (
+    COVERAGE_JSON,
+    EPOCH_COLUMNS,
+    SUMMARY_JSON,
+    TEACHER_JSON,
+    load_run_config,
+    read_epochs,
+    read_sweep,
+)
 from .spectra import MEASURES, read_spectra, summarize
 from .storage import read_json, write_json
 
@@ -30,8 +38,7 @@ class Study:
     teacher_accuracy: float
     table: pd.DataFrame   # rows that finished successfully
     failed: pd.DataFrame  # rows whose training failed (excluded from every fit)
-    epochs: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["rank", "seed", "epoch",
-                                                                          "test_accuracy"]))
+    epochs: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(EPOCH_COLUMNS)))
     # per-epoch records of the successful rows (empty for sweeps made without them)
     spectra: tuple[pd.DataFrame, dict] | None = None  # the teacher's per-map table and singular values, if saved
 
@@ -239,11 +246,12 @@ def write_summary(study: Study, result: EffectiveRankResult, reference: str | fl
     return write_json(study.run_dir / SUMMARY_JSON, summary(study, result, reference, found))
 
 
-def save_results(study: Study, result: EffectiveRankResult, reference: str | float) -> list[Path]:
+def save_results(study: Study, result: EffectiveRankResult, reference: str | float,
+                 found: Convergence | None = None) -> list[Path]:
     """The study's figures (PNG and SVG: the curve; region and knee against the budget and the teacher's
     spectra, when the sweep kept them) and ``summary.json``, written into its run folder; returns the paths."""
     figures = save_figure(plot_effective_rank(study, result), study.run_dir, "effective_rank")
-    found = study_convergence(study, result.band, reference)
+    found = found if found is not None else study_convergence(study, result.band, reference)
     if found is not None:
         figures += save_figure(plot_convergence({study.config.init: found}), study.run_dir, "convergence")
     if study.spectra is not None:

@@ -81,6 +81,7 @@ COLUMNS = ("rank", "seed", "status", "params", "teacher_params", "compression", 
            "best_accuracy", "best_epoch", "zero_shot_accuracy", "epochs", "stop_reason", "val_accuracy", "init",
            "loss", "seconds", "failure")
 EPOCH_FIELDS = ("epoch", "lr", "loss", "val_accuracy", "test_accuracy")  # a student's epochs, in its row
+EPOCH_COLUMNS = ("rank", "seed", *EPOCH_FIELDS)  # of epochs.csv
 TASK_FILE = re.compile(r"r(\d+)_s(\d+)\.json")
 
 
@@ -346,7 +347,7 @@ def write_sweep_csv(run_dir: str | Path) -> Path:
         rows = finished_rows(run_dir)
         epochs = ({"rank": row["rank"], "seed": row["seed"]} | h for row in rows if row["status"] == "ok"
                   for h in row.get("history") or ())
-        write_text(run_dir / EPOCHS_CSV, _csv(("rank", "seed", *EPOCH_FIELDS), epochs))
+        write_text(run_dir / EPOCHS_CSV, _csv(EPOCH_COLUMNS, epochs))
         return write_text(run_dir / SWEEP_CSV, _csv(COLUMNS, rows))
 
 
@@ -372,7 +373,7 @@ def read_epochs(run_dir: str | Path) -> pd.DataFrame:
     """``epochs.csv``: one line per (rank, seed, epoch) of the students that finished; empty when the folder has
     none (a sweep made before per-epoch records were kept)."""
     path = Path(run_dir) / EPOCHS_CSV
-    columns = ["rank", "seed", *EPOCH_FIELDS]
+    columns = list(EPOCH_COLUMNS)
     if not path.exists():
         return pd.DataFrame(columns=columns)
     try:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .config import StudyConfig
-from .convergence import Convergence, convergence
+from .convergence import Convergence, convergence, describe_missing
 from .curves import EffectiveRankResult, effective_rank, sensitivity_table
 from .plotting import plot_convergence, plot_effective_rank, plot_spectra, save_figure
 from .run_folder import (
@@ -19,7 +19,9 @@ from .run_folder import (
     EPOCH_COLUMNS,
     SUMMARY_JSON,
     TEACHER_JSON,
+    Task,
     load_run_config,
+    missing_tasks,
     read_epochs,
     read_sweep,
 )
@@ -41,6 +43,20 @@ class Study:
     epochs: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(EPOCH_COLUMNS)))
     # per-epoch records of the successful rows (empty for sweeps made without them)
     spectra: tuple[pd.DataFrame, dict] | None = None  # the teacher's per-map table and singular values, if saved
+    missing: tuple[Task, ...] = ()  # students the study asks for without a successful row (not yet, or failed)
+
+    @property
+    def complete(self) -> bool:
+        """Whether every student the study asks for has finished successfully."""
+        return not self.missing
+
+    def describe_missing(self) -> str:
+        """``incomplete: 2 of 8 students have no result (rank 4 seed 0, ...)``; empty when complete."""
+        if self.complete:
+            return ""
+        asked = len(self.table) + len(self.missing)
+        return (f"incomplete: {len(self.missing)} of {asked} students have no result "
+                f"({describe_missing([(t.rank, t.seed) for t in self.missing])})")
 
     @property
     def ranks(self) -> np.ndarray:
@@ -77,8 +93,20 @@ def load_study(run_dir: str | Path) -> Study:
                          "needed for a curve (run the sweep)")
     epochs = read_epochs(run_dir)
     epochs = epochs.merge(ok[["rank", "seed"]], on=["rank", "seed"])  # rows that later failed or were redone
-    return Study(run_dir, load_run_config(run_dir), float(teacher["accuracy"]), ok.reset_index(drop=True),
-                 failed.reset_index(drop=True), epochs, read_spectra(run_dir))
+    config = load_run_config(run_dir)
+    return Study(run_dir, config, float(teacher["accuracy"]), ok.reset_index(drop=True),
+                 failed.reset_index(drop=True), epochs, read_spectra(run_dir),
+                 tuple(missing_tasks(run_dir, config, table)))
+
+
+def load_finished_study(run_dir: str | Path) -> Study:
+    """:func:`load_study` of a study whose every student has finished; an incomplete one is refused, naming
+    what it lacks."""
+    study = load_study(run_dir)
+    if not study.complete:
+        raise ValueError(f"run_dir: {run_dir} is not a finished study ({study.describe_missing()}); rerun its "
+                         "sweep to finish it, or analyze it alone with effrank analyze")
+    return study
 
 
 def reference_value(study: Study, reference: str | float) -> float | str:
@@ -109,7 +137,8 @@ def study_convergence(study: Study, band: Sequence[float] = (0.85, 0.95), refere
     if study.epochs.empty:
         return None
     stop_reasons = study.table["stop_reason"].tolist() if "stop_reason" in study.table else []
-    return convergence(study.epochs, reference_value(study, reference), band, stop_reasons)
+    return convergence(study.epochs, reference_value(study, reference), band, stop_reasons,
+                       [(t.rank, t.seed) for t in study.missing])
 
 
 NO_RECORDS = "convergence unknown (the sweep kept no per-epoch records)"
@@ -199,6 +228,8 @@ def summary_text(study: Study, result: EffectiveRankResult, found: Convergence |
         ) + "."
     if len(study.failed):
         text += f" {len(study.failed)} failed student(s) excluded."
+    if not study.complete:
+        text += f" The study is {study.describe_missing()}: those ranks are left out of the fit."
     if found is not None:
         text += f" Budget: {found.verdict()}."
     return text
@@ -231,7 +262,9 @@ def summary(study: Study, result: EffectiveRankResult, reference: str | float,
         "intervals": fitted["intervals"],    # name -> {low, high, reached, censored, resamples, ..., describe}
         "facts": region_facts(study, result),
         "failed_students": len(study.failed),
-        "converged": found.converged if found is not None else None,  # None: no per-epoch records
+        "complete": study.complete,
+        "missing": [[t.rank, t.seed] for t in study.missing],  # (rank, seed) without a result: not yet, or failed
+        "converged": found.converged if found is not None else (None if study.complete else False),
         "convergence": found.to_dict() if found is not None else None,
         "coverage": read_json(study.run_dir / COVERAGE_JSON) if (study.run_dir / COVERAGE_JSON).exists() else None,
         "training_free": training_free_record(study, result),
@@ -284,6 +317,6 @@ def headline(run_dir: str | Path) -> str:
               else f"{estimator['student_epochs']} epochs")
     return (f"effective-rank region [{facts['region_low']}, {facts['region_high']}] ({lo:.0%}-{hi:.0%} of "
             f"{reference['kind']} accuracy {reference['accuracy']:.4f}), {knee}; "
-            + (found["verdict"] if found else NO_RECORDS)
+            + (found["verdict"] if found else NO_RECORDS if summary.get("complete", True) else "incomplete")
             + f"; estimator: {estimator['init']} init, {estimator['loss']} loss, {budget}"
             + "".join(f"; {c}" for c in censored))

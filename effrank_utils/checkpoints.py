@@ -2,7 +2,8 @@
 
 Accepted: a plain ``state_dict``, or one wrapped as ``{"state_dict": ...}``, ``{"model": ...}`` (nested wrappers
 too), with or without the ``module.`` prefix DistributedDataParallel adds (or ``_orig_mod.`` from
-``torch.compile``). Loaded with ``weights_only=True``: a checkpoint holding arbitrary Python objects is refused.
+``torch.compile``). Loaded with ``weights_only=True``: a checkpoint holding arbitrary Python objects is refused, and
+so are weights without data (meta tensors) or with NaN or inf values.
 Every problem is a ``ValueError`` naming ``teacher_checkpoint`` and what differs.
 """
 
@@ -67,15 +68,41 @@ def unwrap(payload: Any) -> dict[str, torch.Tensor]:
     return state
 
 
+def _which(names: list[str], problem: str) -> str:
+    """``name holds <problem>`` for one tensor, ``N tensors hold <problem>: names`` for more."""
+    return f"{names[0]} holds {problem}" if len(names) == 1 else f"{len(names)} tensors hold {problem}: {_names(names)}"
+
+
+def check_content(state: Mapping[str, torch.Tensor]) -> None:
+    """Refuse weights that cannot be used: tensors that hold no data (on the meta device: shapes only), or
+    floating tensors with NaN or inf values (a diverged training)."""
+    empty = [k for k, v in state.items() if v.is_meta]
+    if empty:
+        raise ValueError(f"{FIELD}: " + _which(empty, "no data (on the meta device: shapes only, as saved from a "
+                                                      "model built under torch.device('meta'))"))
+    bad = {k: n for k, v in state.items()
+           if (v.is_floating_point() or v.is_complex()) and (n := int((~torch.isfinite(v)).sum()))}
+    if bad:
+        names = list(bad)
+        detail = f" ({bad[names[0]]} of {state[names[0]].numel()} values)" if len(names) == 1 else ""
+        raise ValueError(f"{FIELD}: " + _which(names, "NaN or inf values") + detail)
+
+
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state_dict in a checkpoint file (on the CPU), unwrapped (:func:`unwrap`)."""
+    """The state_dict in a checkpoint file (on the CPU), unwrapped (:func:`unwrap`), its content checked
+    (:func:`check_content`)."""
     path = _path(path)
+    if path.stat().st_size == 0:
+        raise ValueError(f"{FIELD}: {path} is empty (0 bytes), not a PyTorch checkpoint")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, unsafe globals, truncated files: all mean "cannot use it"
+        reason = (str(exc).splitlines() or [""])[0][:200]
         raise ValueError(f"{FIELD}: {path} cannot be read as a PyTorch checkpoint with weights_only=True "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
-    return unwrap(payload)
+                         f"({type(exc).__name__}{': ' + reason if reason else ''})") from None
+    state = unwrap(payload)
+    check_content(state)
+    return state
 
 
 def _names(items: list[str]) -> str:

@@ -9,6 +9,7 @@ status 130 (rerun the same command to resume); failed students make it end with 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import subprocess
@@ -44,11 +45,14 @@ def _open(args: argparse.Namespace) -> tuple["StudyConfig", Path]:
     """The validated config and run folder of the options; ``--fresh`` deletes the folder, else a folder of
     another study (or not effrank's) is refused -- all before any compute."""
     from .entry import open_study
-    from .run_folder import check_config, remove_run_folder
+    from .run_folder import check_config, check_folder_path, remove_run_folder
+    check_folder_path(args.results, "--results")
     config, run_dir = open_study(args.preset, dict(args.overrides), args.run_dir, args.results)
     run_dir = run_dir.resolve()
+    check_folder_path(run_dir, "run_dir")
     if args.fresh:
-        remove_run_folder(run_dir, args.results)
+        remove_run_folder(run_dir, args.results, {"teacher_checkpoint": config.teacher_checkpoint,
+                                                  "data_root": config.data_root})
     check_config(run_dir, config)
     return config, run_dir
 
@@ -67,7 +71,8 @@ def _report_failures(run_dir: Path) -> int:
 
 def _reproduce(args: argparse.Namespace) -> int:
     from .analysis import headline
-    from .reproduce import CELL_TIMEOUTS, NotebookFailed, run_notebooks
+    from .reproduce import CELL_TIMEOUTS, NotebookFailed, check_kernel, run_notebooks
+    check_kernel(args.kernel)
     config, run_dir = _open(args)
     print(f"effrank: preset {config.preset!r} -> {run_dir}", flush=True)
     try:
@@ -113,7 +118,8 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .compare import comparison_table, estimator_warnings, load_studies, save_comparison
+    from .compare import check_out_dir, comparison_table, estimator_warnings, load_studies, save_comparison
+    check_out_dir(args.out, args.run_dirs)
     compared = load_studies(args.run_dirs, args.labels)
     table = comparison_table(compared)
     shown = ["study", "model", "teacher_accuracy", "teacher_params", "r_lo", "r_hi", "knee", "converged", "init",
@@ -133,12 +139,17 @@ def _reference(text: str) -> str | float:
 
 
 def _dashboard(args: argparse.Namespace) -> int:
-    from .analysis import load_study
-    from .dashboard import dashboard_notebook, voila_command
-    load_study(args.run_dir)  # a finished study, or a one-line error before any server starts
-    notebook = dashboard_notebook(args.run_dir)
-    print(f"serving the analysis of {args.run_dir} on http://127.0.0.1:{args.port}/ (Ctrl-C stops it)")
-    return subprocess.call(voila_command(notebook, args.port))
+    import secrets
+
+    from .analysis import load_finished_study
+    from .dashboard import HOST, TOKEN_ENV, check_port, dashboard_notebook, voila_command
+    load_finished_study(args.run_dir)  # a finished study, or a one-line error before any server starts
+    check_port(args.port)
+    token = secrets.token_hex(24)
+    with dashboard_notebook(args.run_dir) as notebook:
+        print(f"serving the analysis of {args.run_dir} on http://{HOST}:{args.port}/?token={token} (Ctrl-C stops it)",
+              flush=True)
+        return subprocess.call(voila_command(notebook, args.port), env={**os.environ, TOKEN_ENV: token})
 
 
 WIDGETS_PLUGIN = "@jupyter-widgets/jupyterlab-manager:plugin"
@@ -205,9 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     dashboard = commands.add_parser("dashboard", help="serve a run folder's interactive analysis as a web page",
                                     description="Notebook 03 for RUN_DIR as a standalone page (Voila): outputs and "
-                                                "the interactive panel, no code cells, on localhost.")
+                                                "the interactive panel, no code cells, on localhost, at the printed "
+                                                "URL (it holds the access token). The page only reads RUN_DIR.")
     dashboard.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    dashboard.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default: {DEFAULT_PORT}")
+    dashboard.add_argument("--port", type=int, default=DEFAULT_PORT,
+                           help=f"default: {DEFAULT_PORT}; a port in use is refused, not replaced")
     dashboard.set_defaults(run=_dashboard)
 
     lab = commands.add_parser("lab", help="open JupyterLab on the notebooks")
@@ -233,10 +246,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\ninterrupted; rerun the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
-        if not isinstance(exc, _user_errors()):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        if isinstance(exc, _user_errors()):
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        if isinstance(exc, FloatingPointError):  # training diverged: the message says which setting to change
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = Path(exc.filename).parent if exc.filename else "the run folder"
+            print(f"error: no space left on the device while writing in {where}; free some space and rerun the "
+                  "same command: it resumes where it stopped", file=sys.stderr)
+            return EXIT_FAILED
+        raise
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .analysis import Study, analyze, load_study, study_convergence
+from .analysis import Study, analyze, load_finished_study, study_convergence
 from .curves import CROSSED, EffectiveRankResult
 from .plotting import save_figure
 from .run_folder import is_run_folder
@@ -41,15 +41,32 @@ def load_studies(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = 
     if labels is not None and len(labels) != len(run_dirs):
         raise ValueError(f"labels: {len(labels)} label(s) for {len(run_dirs)} run folder(s); give one per folder "
                          "or none")
+    seen = [Path(r).resolve() for r in run_dirs]
+    twice = next((r for i, r in enumerate(run_dirs) if seen[i] in seen[:i]), None)
+    if twice is not None:
+        raise ValueError(f"run_dirs: {twice} is given twice; give each run folder once")
     compared = []
     for i, run_dir in enumerate(run_dirs):
         if not is_run_folder(run_dir):
             raise ValueError(f"run_dirs: {run_dir} is not an effrank run folder (no config.json written by "
                              "effrank)")
-        study = load_study(run_dir)
+        study = load_finished_study(run_dir)
         label = labels[i] if labels is not None else Path(run_dir).name
         compared.append(Compared(label, study, analyze(study, study.config.band, study.config.reference)))
     return compared
+
+
+def check_out_dir(out_dir: str | Path, run_dirs: Sequence[str | Path]) -> None:
+    """Refuse an ``--out`` that is a file, a run folder or inside one (a comparison written there would make the
+    next sweep refuse the folder)."""
+    out_dir = Path(out_dir).resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out: {out_dir} is a file; give a folder for the comparison")
+    run_dirs = {Path(r).resolve() for r in run_dirs}
+    for folder in (out_dir, *out_dir.parents):
+        if folder in run_dirs or is_run_folder(folder):
+            where = "a run folder" if folder == out_dir else f"inside the run folder {folder}"
+            raise ValueError(f"--out: {out_dir} is {where}; give a folder of its own for the comparison")
 
 
 def _estimator(study: Study) -> dict:
@@ -89,13 +106,15 @@ def comparison_table(compared: Sequence[Compared]) -> pd.DataFrame:
 def plot_comparison(compared: Sequence[Compared]) -> Figure:
     """Every study's normalized points and monotone fit on one rank axis, its region shaded and knee marked."""
     fig, ax = plt.subplots(figsize=(8, 4.8))
+    handles, labels = [], []  # given explicitly: a label starting with "_" is then shown, not dropped
     for i, c in enumerate(compared):
         color, result = f"C{i}", c.result
         ax.plot(result.ranks, result.normalized, "o", color=color, ms=4)
         r = np.linspace(result.ranks[0], result.ranks[-1], 600)
-        ax.plot(r, result.curve(r), color=color, lw=2, label=f"{c.label}: [{result.low.describe()}, "
-                                                             f"{result.high.describe()}], knee "
-                                                             f"{result.describe_knee()}")
+        (line,) = ax.plot(r, result.curve(r), color=color, lw=2)
+        handles.append(line)
+        labels.append(f"{c.label}: [{result.low.describe()}, {result.high.describe()}], knee "
+                      f"{result.describe_knee()}")
         if result.low.status == CROSSED and result.high.status == CROSSED:
             ax.axvspan(result.low.rank, result.high.rank, color=color, alpha=0.12)
         if result.knee is not None:
@@ -109,7 +128,9 @@ def plot_comparison(compared: Sequence[Compared]) -> Figure:
     ax.set_xticks(ranks, labels=[str(r) for r in ranks], fontsize=7)
     ax.minorticks_off()
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13))  # below the axes: the curves stay clear
+    legend = ax.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13))  # below the axes
+    for text in legend.get_texts():
+        text.set_parse_math(False)  # labels are plain text: "$" is a dollar sign, not mathtext
     fig.tight_layout()
     plt.close(fig)
     return fig

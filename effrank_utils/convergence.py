@@ -82,21 +82,32 @@ class Movement:
         return f"{label} moved {self.distance:.2f} (tolerance {self.tolerance:.2f})"
 
 
+def describe_missing(missing: Sequence[tuple[int, int]], shown: int = 6) -> str:
+    """``rank 4 seed 0, rank 8 seed 0`` (the first ``shown``, then how many more)."""
+    names = [f"rank {r} seed {s}" for r, s in missing]
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
 @dataclass(frozen=True)
 class Convergence:
-    """Region and knee at each budget, and whether the last budget step moved them less than the tolerance."""
+    """Region and knee at each budget, and whether the last budget step moved them less than the tolerance. A
+    study with ``missing`` students (no result yet, or failed) is never converged."""
 
     budgets: tuple[int, ...]
     results: tuple[EffectiveRankResult, ...] = field(repr=False)
     movements: tuple[Movement, ...]   # empty when there is a single budget
     stop_reasons: Mapping[str, int]   # students by why they stopped (plateau, cap)
+    missing: tuple[tuple[int, int], ...] = ()  # (rank, seed) of the students the study lacks
 
     @property
     def converged(self) -> bool:
-        return bool(self.movements) and all(m.settled for m in self.movements)
+        return not self.missing and bool(self.movements) and all(m.settled for m in self.movements)
 
     def verdict(self) -> str:
-        """``converged`` or ``not converged: train longer (...)`` in words."""
+        """``converged`` or ``not converged: train longer (...)`` in words (or why the study is incomplete)."""
+        if self.missing:
+            return (f"not converged: the study is incomplete (no result for {describe_missing(self.missing)}); "
+                    "rerun the sweep to finish it")
         if not self.movements:
             return "not converged: train longer (one budget only; the students trained a single epoch)"
         if self.converged:
@@ -120,16 +131,17 @@ class Convergence:
                 "last_step": {m.name: {"distance": None if math.isinf(m.distance) else m.distance,
                                        "tolerance": m.tolerance, "settled": m.settled} for m in self.movements},
                 "tolerance": {"absolute": ABSOLUTE_TOLERANCE, "relative": RELATIVE_TOLERANCE},
-                "stop_reasons": dict(self.stop_reasons)}
+                "stop_reasons": dict(self.stop_reasons), "missing": [list(t) for t in self.missing]}
 
 
 def convergence(epochs: pd.DataFrame, reference: float | str, band: Sequence[float] = (0.85, 0.95),
-                stop_reasons: Sequence[str | None] = ()) -> Convergence:
+                stop_reasons: Sequence[str | None] = (), missing: Sequence[tuple[int, int]] = ()) -> Convergence:
     """Region and knee at budgets ``E/2^k .. E`` from per-epoch records (columns ``rank``, ``seed``, ``epoch``,
     ``test_accuracy``), and whether the last step moved them less than the tolerance.
 
     ``reference`` is an accuracy, or ``"best_student"`` (then the best student *at each budget*).
-    ``stop_reasons`` (one per student) are counted for the record.
+    ``stop_reasons`` (one per student) are counted for the record; ``missing`` (rank, seed) students make the
+    estimate not converged whatever it moved.
     """
     if epochs.empty:
         raise ValueError("epochs: no per-epoch records; the students' histories are needed")
@@ -141,4 +153,5 @@ def convergence(epochs: pd.DataFrame, reference: float | str, band: Sequence[flo
     movements = () if len(results) < 2 else tuple(
         Movement(name, _value(results[-2], name), _value(results[-1], name)) for name in QUANTITIES)
     counts = pd.Series([r for r in stop_reasons if isinstance(r, str)], dtype=object).value_counts()
-    return Convergence(tuple(budgets), tuple(results), movements, {str(k): int(v) for k, v in counts.items()})
+    return Convergence(tuple(budgets), tuple(results), movements, {str(k): int(v) for k, v in counts.items()},
+                       tuple((int(r), int(s)) for r, s in missing))

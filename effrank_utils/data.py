@@ -206,9 +206,20 @@ def _cifar(name: str, request: LoadRequest) -> SplitArrays:
                        np.asarray(test.targets), len(train.classes))
 
 
+def _hidden(name: str) -> bool:
+    """Whether a file or folder is hidden (``.ipynb_checkpoints``, ``.DS_Store``): never a class or an image."""
+    return name.startswith(".")
+
+
 def _class_folders(split_dir: Path) -> list[str]:
     """The class folder names of one split, sorted (the order of torchvision's ImageFolder labels)."""
-    return sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not _hidden(p.name))
+
+
+def _few(names: list[str], shown: int = 5) -> str:
+    """Up to ``shown`` of ``names``, quoted, then how many more."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(map(repr, names[:shown])) + more
 
 
 def _count_class_folders(root: Path) -> int | None:
@@ -232,19 +243,63 @@ def _folder_layout(request: LoadRequest) -> tuple[Path, Path, list[str]]:
     if len(classes) < 2:
         raise ValueError(f"data_root: {train_dir} holds {len(classes)} class folder(s) {classes}; at least 2 "
                          "class folders are needed (one folder of images per class)")
-    if _class_folders(test_dir) != classes:
-        raise ValueError(f"data_root: train and {test_dir.name} class folders differ under {root}")
+    test_classes = _class_folders(test_dir)
+    if test_classes != classes:
+        only = {"train": sorted(set(classes) - set(test_classes)),
+                test_dir.name: sorted(set(test_classes) - set(classes))}
+        differ = "; ".join(f"only in {split}: {_few(names)}" for split, names in only.items() if names)
+        raise ValueError(f"data_root: train and {test_dir.name} class folders differ under {root} ({differ}); "
+                         "give both splits the same class folders")
     return train_dir, test_dir, classes
 
 
-def _image_files(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
-    """``(path, label)`` of every image in a split, in torchvision's ImageFolder order."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
-    try:
-        samples = make_dataset(split_dir, {c: i for i, c in enumerate(classes)}, extensions=IMG_EXTENSIONS)
-    except FileNotFoundError as exc:  # a class folder without images
-        raise DatasetNotAvailable(f"data_root: under {split_dir}: {exc}") from None
-    return [(Path(path), label) for path, label in samples]
+class _FolderWalk:
+    """Lists the images under a dataset's split folders, following folder links, but only into folders that no
+    other path reaches: each image is read once, and a link loop is an error rather than copies of the images."""
+
+    def __init__(self, split_dirs: tuple[Path, ...]) -> None:
+        self.walked: set[Path] = set()  # real folders read (with everything under them)
+        self.above: set[Path] = set()  # the folders holding one of them
+        for split_dir in split_dirs:
+            self._enter(split_dir)
+
+    def _enter(self, folder: Path) -> None:
+        """Note the real folder behind ``folder``; a link to a folder read already, inside one or holding one
+        is refused."""
+        real = folder.resolve()
+        if folder.is_symlink() and (real in self.above or not self.walked.isdisjoint((real, *real.parents))):
+            raise ValueError(f"data_root: the folder link {folder} leads to {real}, which is read already (a link "
+                             "loop, or a second path to the same images); remove the link (links to folders that "
+                             "nothing else reads are followed)")
+        self.walked.add(real)
+        self.above.update(real.parents)
+
+    def images(self, folder: Path) -> list[Path]:
+        """The image files under ``folder``, hidden files and folders left out, in torchvision's ImageFolder
+        order (folders by path, the files of each sorted)."""
+        from torchvision.datasets.folder import IMG_EXTENSIONS
+        self._enter(folder)
+        found = []
+        for parent, subfolders, files in os.walk(folder, followlinks=True):
+            subfolders[:] = sorted(name for name in subfolders if not _hidden(name))
+            for name in subfolders:
+                self._enter(Path(parent, name))
+            found.append((parent, sorted(f for f in files if not _hidden(f) and f.lower().endswith(IMG_EXTENSIONS))))
+        return [Path(parent, name) for parent, files in sorted(found) for name in files]
+
+
+def _image_files(split_dirs: tuple[Path, ...], classes: list[str]) -> list[list[tuple[Path, int]]]:
+    """``(path, label)`` of every image of each split, in torchvision's ImageFolder order."""
+    walk = _FolderWalk(split_dirs)
+    splits = []
+    for split_dir in split_dirs:
+        per_class = [walk.images(split_dir / name) for name in classes]
+        empty = [name for name, files in zip(classes, per_class) if not files]
+        if empty:
+            raise DatasetNotAvailable(f"data_root: under {split_dir}, the class folder(s) {_few(empty)} hold no "
+                                      "images; add images to them or remove them from both splits")
+        splits.append([(path, label) for label, files in enumerate(per_class) for path in files])
+    return splits
 
 
 def _read_image(path: Path, size: int | None) -> np.ndarray:
@@ -256,6 +311,10 @@ def _read_image(path: Path, size: int | None) -> np.ndarray:
     except (OSError, SyntaxError, ValueError) as exc:  # PIL: unidentified, truncated or malformed data
         raise CorruptImage(f"data_root: cannot decode the image {path} ({type(exc).__name__}: {exc}); "
                            "remove or replace this file") from None
+    except Image.DecompressionBombError as exc:  # over twice PIL's limit: refused, not decoded
+        raise CorruptImage(f"data_root: the image {path} is too large to decode ({str(exc).rstrip('.')}); PIL "
+                           f"refuses images over twice Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS} pixels: "
+                           "resize it below that or remove this file") from None
     if size is not None and img.size != (size, size):
         img = img.resize((size, size))
     return np.asarray(img).transpose(2, 0, 1)
@@ -313,7 +372,7 @@ def _imagefolder(request: LoadRequest) -> SplitArrays:
     every image's path, size and modification time."""
     train_dir, test_dir, classes = _folder_layout(request)
     root, size = train_dir.parent, request.image_size
-    train, test = _image_files(train_dir, classes), _image_files(test_dir, classes)
+    train, test = _image_files((train_dir, test_dir), classes)
     cache = _cache_dir() / f"imagefolder-{_tree_key(root, size, [path for path, _ in train + test])}.npz"
     arrays = _read_cache(cache)
     if arrays is None:

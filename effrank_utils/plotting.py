@@ -111,7 +111,8 @@ def plot_effective_rank(study: "Study", result: EffectiveRankResult, log_x: bool
     _intervals(ax, result)
     ax.set(xlabel="rank r", ylabel=f"accuracy / reference ({ref:.4f})",
            title=f"{study.config.preset}: {study.config.model} on {study.config.dataset} "
-                 f"({study.config.init} init, {study.config.loss} loss)")
+                 f"({study.config.init} init, {study.config.loss} loss)"
+                 + (f"\n{study.describe_missing()}" if not study.complete else ""))
     visible = result.ranks
     if log_x:
         ax.set_xscale("log")

@@ -84,6 +84,17 @@ class _EchoLines(io.TextIOBase):
         super().close()
 
 
+def check_kernel(name: str | None, notebook_dir: Path = DEFAULT_NOTEBOOK_DIR) -> None:
+    """Refuse a Jupyter kernel that is not installed (``None``: the notebooks' own), naming those that are."""
+    import nbformat
+    from jupyter_client.kernelspec import KernelSpecManager
+    name = name or nbformat.read(notebook_dir / NOTEBOOKS[0], as_version=4).metadata.kernelspec.name
+    installed = KernelSpecManager().find_kernel_specs()
+    if name not in installed:
+        raise ValueError(f"--kernel: no Jupyter kernel named {name!r} is installed; installed: "
+                         f"{', '.join(sorted(installed)) or 'none'} (make install registers 'effrank')")
+
+
 def sign_notebook(path: Path) -> None:
     """Trust an executed notebook (the Jupyter notary of this user, the one JupyterLab checks), so that its widget
     state and rich outputs are shown when it is opened. A notary that cannot be written only logs a warning."""

@@ -29,6 +29,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import re
 import shutil
 from dataclasses import dataclass
@@ -72,9 +73,11 @@ TEACHER_LOCK = "teacher.lock"
 TEACHER_CACHE_DIR = "teacher_cache"
 FIGURE_DIR = "figures"
 NOTEBOOK_DIR = "notebooks"
-RUN_FOLDER_NAMES = frozenset({CONFIG_JSON, SWEEP_CSV, EPOCHS_CSV, SUMMARY_JSON, COVERAGE_JSON, SPECTRA_CSV,
-                              SPECTRA_JSON, RUN_LOCK, TASK_DIR, TEACHER_FILE, TEACHER_JSON, TEACHER_STATE_FILE,
-                              TEACHER_METRICS_CSV, TEACHER_LOCK, TEACHER_CACHE_DIR, FIGURE_DIR, NOTEBOOK_DIR})
+RUN_FOLDER_DIRS = frozenset({TASK_DIR, TEACHER_CACHE_DIR, FIGURE_DIR, NOTEBOOK_DIR})
+RUN_FOLDER_FILES = frozenset({CONFIG_JSON, SWEEP_CSV, EPOCHS_CSV, SUMMARY_JSON, COVERAGE_JSON, SPECTRA_CSV,
+                              SPECTRA_JSON, RUN_LOCK, TEACHER_FILE, TEACHER_JSON, TEACHER_STATE_FILE,
+                              TEACHER_METRICS_CSV, TEACHER_LOCK})
+RUN_FOLDER_NAMES = RUN_FOLDER_DIRS | RUN_FOLDER_FILES
 WRITTEN_BY = "effrank"
 WORKER_FAILURE = "worker failed"
 COLUMNS = ("rank", "seed", "status", "params", "teacher_params", "compression", "final_accuracy",
@@ -102,6 +105,16 @@ def default_run_dir(preset: str, results: str | Path = DEFAULT_RESULTS) -> Path:
     if not preset or preset in (".", "..") or Path(preset).name != preset:
         raise ValueError(f"preset: {preset!r} cannot name a run folder")
     return Path(results) / preset
+
+
+def check_folder_path(path: str | Path, field: str) -> None:
+    """Refuse ``path`` as a folder when it, or the nearest part of it that exists, is a file (before anything is
+    created there)."""
+    for part in (Path(path), *Path(path).parents):
+        if part.exists():
+            if not part.is_dir():
+                raise ValueError(f"{field}: {part} is a file, not a folder; give a folder")
+            return
 
 
 # ------------------------------------------------------------------------------------------------- identity
@@ -197,6 +210,12 @@ def check_config(run_dir: str | Path, config: StudyConfig) -> None:
     if foreign:
         raise ValueError(f"run_dir: {run_dir} is not empty and not an effrank run folder (it holds {foreign[:3]}); "
                          "use a new or empty folder")
+    misplaced = sorted([p for name in RUN_FOLDER_FILES if (p := run_dir / name).is_dir()]
+                       + [p for name in RUN_FOLDER_DIRS if (p := run_dir / name).exists() and not p.is_dir()])
+    if misplaced:
+        kind = "folder" if misplaced[0].is_dir() else "file"
+        raise ValueError(f"run_dir: {misplaced[0]} is a {kind}, where effrank keeps a "
+                         f"{'file' if kind == 'folder' else 'folder'}; move it out of the run folder")
     if (run_dir / CONFIG_JSON).exists():
         check_same_study(f"run_dir: {run_dir}", read_record(run_dir)["config"], None, config, None)
 
@@ -238,11 +257,16 @@ def load_run_config(run_dir: str | Path) -> StudyConfig:
     return config_from_json(read_record(run_dir)["config"])
 
 
-def remove_run_folder(run_dir: str | Path, results: str | Path) -> None:
-    """Delete ``run_dir`` (``--fresh``) only if it is an effrank run folder inside ``results``."""
+def remove_run_folder(run_dir: str | Path, results: str | Path, inputs: dict[str, str | None] | None = None) -> None:
+    """Delete ``run_dir`` (``--fresh``) only if it is an effrank run folder inside ``results`` that holds none of
+    the study's ``inputs`` (field name -> path: a teacher checkpoint, a data folder), which are never deleted."""
     run_dir, results = Path(run_dir).resolve(), Path(results).resolve()
     if not run_dir.exists():
         return
+    for field, given in (inputs or {}).items():
+        if given is not None and run_dir in (path := Path(given).expanduser().resolve(), *path.parents):
+            raise ValueError(f"--fresh: {field} {given} lies inside the run folder {run_dir}, which --fresh would "
+                             "delete; move it out of the run folder first (or drop --fresh)")
     if results not in run_dir.parents:
         raise ValueError(f"--fresh: {run_dir} is not inside the results folder {results}; refusing to delete it "
                          "(delete it yourself if you mean to)")
@@ -257,11 +281,42 @@ def task_path(run_dir: str | Path, task: Task) -> Path:
     return Path(run_dir) / TASK_DIR / f"{task.name}.json"
 
 
+ROW_COUNTS = ("params", "teacher_params", "epochs")  # positive integers in a successful row
+ROW_ACCURACIES = ("final_accuracy", "best_accuracy", "zero_shot_accuracy")  # accuracies it must have
+STATUSES = ("ok", "failed")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_accuracy(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and 0 <= value <= 1
+
+
 def _row_problem(row: Any, task: Task) -> str | None:
+    """What is wrong with a task row, checked against its schema (None: nothing)."""
     if not isinstance(row, dict) or not {"rank", "seed", "status"} <= set(row):
         return "not a task row (it needs rank, seed and status)"
-    if (row["rank"], row["seed"]) != (task.rank, task.seed):
-        return f"it holds rank {row['rank']} seed {row['seed']} but its name says rank {task.rank} seed {task.seed}"
+    if (row["rank"], row["seed"]) != (task.rank, task.seed) or not _is_int(row["rank"]) or not _is_int(row["seed"]):
+        return f"it holds rank {row['rank']!r} seed {row['seed']!r} but its name says rank {task.rank} seed {task.seed}"
+    if row["status"] not in STATUSES:
+        return f"status {row['status']!r} is none of {', '.join(STATUSES)}"
+    if row["status"] == "failed":
+        return None if isinstance(row.get("failure"), str) else "a failed row without the reason it failed"
+    for name in ROW_COUNTS:
+        if not _is_int(row.get(name)) or row[name] < 1:
+            return f"{name} {row.get(name)!r} is not a positive integer"
+    for name in ROW_ACCURACIES:
+        if not _is_accuracy(row.get(name)):
+            return f"{name} {row.get(name)!r} is not an accuracy in [0, 1]"
+    if row.get("val_accuracy") is not None and not _is_accuracy(row["val_accuracy"]):
+        return f"val_accuracy {row['val_accuracy']!r} is not an accuracy in [0, 1]"
+    history = row.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(h, dict) and _is_int(h.get("epoch"))
+                                                and _is_accuracy(h.get("test_accuracy")) for h in history):
+        return "its history is not a list of epochs with a test accuracy in [0, 1]"
     return None
 
 
@@ -358,15 +413,28 @@ def read_sweep(run_dir: str | Path) -> pd.DataFrame:
         return pd.DataFrame(columns=list(COLUMNS))
     try:
         table = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, IsADirectoryError) as exc:
         table, problem = None, str(exc)
     else:
-        missing = [c for c in ("rank", "seed", "status", "final_accuracy") if c not in table.columns]
-        problem = f"missing columns {missing}" if missing else None
+        problem = _table_problem(table)
     if problem:
         raise CorruptFile(f"{path}: not a sweep table ({problem}); delete it: the next sweep rebuilds it from "
                           f"{TASK_DIR}/")
     return table
+
+
+def _table_problem(table: pd.DataFrame) -> str | None:
+    """What is wrong with a sweep table (None: nothing): its columns, and the accuracy of each successful row."""
+    missing = [c for c in ("rank", "seed", "status", "final_accuracy") if c not in table.columns]
+    if missing:
+        return f"missing columns {missing}"
+    ok = table[table["status"] == "ok"]
+    accuracy = pd.to_numeric(ok["final_accuracy"], errors="coerce")
+    bad = ok[~accuracy.between(0, 1)]
+    if len(bad):
+        row = bad.iloc[0]
+        return f"rank {row['rank']} seed {row['seed']} has final_accuracy {row['final_accuracy']!r}, not in [0, 1]"
+    return None
 
 
 def read_epochs(run_dir: str | Path) -> pd.DataFrame:
@@ -382,6 +450,25 @@ def read_epochs(run_dir: str | Path) -> pd.DataFrame:
         raise CorruptFile(f"{path}: not a per-epoch table ({exc}); delete it: the next sweep rebuilds it from "
                           f"{TASK_DIR}/") from None
     return table.reindex(columns=columns)
+
+
+STATE_FILE = re.compile(r"state_(.*)\.pt")
+
+
+def tasks_in_training(run_dir: str | Path) -> list[Task]:
+    """Tasks with a resumable checkpoint in the run folder: in training now, or stopped midway."""
+    names = (m[1] for p in (Path(run_dir) / TASK_DIR).glob("state_*.pt") if (m := STATE_FILE.fullmatch(p.name)))
+    return sorted(Task(int(t[1]), int(t[2])) for name in names for t in re.finditer(r"r(\d+)_s(\d+)", name))
+
+
+def missing_tasks(run_dir: str | Path, config: StudyConfig, table: pd.DataFrame) -> list[Task]:
+    """The students the study asks for that have no successful row in ``table`` (its sweep table): not trained
+    yet, in training, or failed. Asked for: every rank of the config with every seed, every seed of a rank that
+    has a row or a checkpoint (the ranks an adaptive sweep added)."""
+    done = {Task(int(r), int(s)) for r, s, status in zip(table["rank"], table["seed"], table["status"])
+            if status == "ok"}
+    ranks = {*config.ranks, *map(int, table["rank"]), *(t.rank for t in tasks_in_training(run_dir))}
+    return sorted(t for t in (Task(r, s) for r in ranks for s in config.seeds) if t not in done)
 
 
 def failed_tasks(table: pd.DataFrame) -> list[str]:

@@ -90,9 +90,11 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
             os.fsync(f.fileno())
         fault_point(f"atomic_write:{path.name}")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # a full disk says which write it stopped
         raise
     _fsync_dir(path.parent)
     return path

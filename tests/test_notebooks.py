@@ -22,7 +22,8 @@ WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 COMPARE = "04_compare_studies.ipynb"  # not part of `make reproduce`
 DECLARED = {NOTEBOOKS[0]: {"preset", "run_dir", "overrides"}, NOTEBOOKS[1]: {"preset", "run_dir", "overrides"},
-            NOTEBOOKS[2]: {"preset", "run_dir", "band", "reference"}, COMPARE: {"run_dirs", "labels", "out_dir"}}
+            NOTEBOOKS[2]: {"preset", "run_dir", "band", "reference", "save"},
+            COMPARE: {"run_dirs", "labels", "out_dir"}}
 
 
 @pytest.fixture(scope="module")

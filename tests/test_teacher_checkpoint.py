@@ -4,11 +4,13 @@ up front by name, and the checkpoint's content is part of the study's identity."
 import json
 import pickle
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from effrank_utils.checkpoints import checkpoint_digest, unwrap
+from effrank_utils.checkpoints import checkpoint_digest, load_checkpoint_into, unwrap
 from effrank_utils.data import load_data_for
 from effrank_utils.models import build_model
 from effrank_utils.presets import load_preset
@@ -132,3 +134,70 @@ def test_a_relative_path_is_made_absolute_where_it_is_given(config, tmp_path, mo
     monkeypatch.chdir(tmp_path)
     given = load_preset("smoke", SETTINGS | {"teacher_checkpoint": "mine.pt"})
     assert given.teacher_checkpoint == str(tmp_path / "mine.pt")
+
+
+def meta_state(config):
+    with torch.device("meta"):
+        return build_model(config, 10, 1).state_dict()
+
+
+def nan_state(config):
+    return {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+            for k, v in trained_state(config).items()}
+
+
+def one_inf_state(config):
+    state = trained_state(config)
+    state["blocks.0.mlp.fc1.weight"][0, 0] = float("inf")
+    return state
+
+
+def truncated(config, path):
+    torch.save(trained_state(config), path, _use_new_zipfile_serialization=False)  # its EOFError has no message
+    path.write_bytes(path.read_bytes()[:10])
+
+
+UNUSABLE = {
+    "empty file": (lambda c, p: p.write_bytes(b""), r"bad\.pt is empty \(0 bytes\)"),
+    "truncated": (truncated, r"cannot be read as a PyTorch checkpoint with weights_only=True \(EOFError\)$"),
+    "meta tensors": (lambda c, p: torch.save(meta_state(c), p),
+                     r"\d+ tensors hold no data \(on the meta device.*\): cls_token, "),
+    "one meta tensor": (lambda c, p: torch.save(trained_state(c) | {"cls_token": meta_state(c)["cls_token"]}, p),
+                        r"cls_token holds no data \(on the meta device"),
+    "all NaN": (lambda c, p: torch.save(nan_state(c), p), r"\d+ tensors hold NaN or inf values: cls_token, "),
+    "one inf": (lambda c, p: torch.save(one_inf_state(c), p),
+                r"blocks\.0\.mlp\.fc1\.weight holds NaN or inf values \(1 of \d+ values\)$"),
+}
+
+
+@pytest.mark.parametrize("kind", UNUSABLE)
+def test_checkpoints_without_usable_weights_are_refused_before_any_compute(config, tmp_path, kind):
+    write, message = UNUSABLE[kind]
+    path = tmp_path / "bad.pt"
+    write(config, path)
+    with pytest.raises(ValueError, match="^teacher_checkpoint: .*" + message) as info:
+        load_preset("smoke", SETTINGS | {"teacher_checkpoint": str(path)})
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["meta tensors", "all NaN"])
+def test_loading_applies_the_same_content_checks(config, tmp_path, kind):
+    write, message = UNUSABLE[kind]
+    path = tmp_path / "bad.pt"
+    write(config, path)
+    model = build_model(config, 10, 1)
+    with pytest.raises(ValueError, match="^teacher_checkpoint: .*" + message):
+        load_checkpoint_into(model, path, "the model")
+
+
+@pytest.mark.parametrize("kind", ["empty file", "all NaN"])
+def test_the_command_refuses_them_in_one_line(config, tmp_path, kind):
+    path = tmp_path / "bad.pt"
+    UNUSABLE[kind][0](config, path)
+    proc = subprocess.run([sys.executable, "-m", "effrank_utils", "sweep", "--preset", "smoke", "--results",
+                           str(tmp_path / "results"), "--set", f"teacher_checkpoint={path}"],
+                          capture_output=True, text=True, timeout=600)  # timeout: a hang guard only
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: teacher_checkpoint: ")
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("teacher.json"))

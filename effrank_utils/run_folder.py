@@ -113,7 +113,7 @@ def check_folder_path(path: str | Path, field: str) -> None:
     for part in (Path(path), *Path(path).parents):
         if part.exists():
             if not part.is_dir():
-                raise ValueError(f"{field}: {part} is a file, not a folder; give a folder")
+                raise ValueError(f"{field}: {part} is a file, not a writable directory; give a folder")
             return
 
 

@@ -194,7 +194,7 @@ def test_a_library_module_run_as_a_script_says_what_to_run():
 def test_a_results_folder_that_is_a_file_is_one_line(tmp_path):
     (tmp_path / "file").write_text("x")
     proc = effrank("reproduce", "--preset", "smoke", "--results", str(tmp_path / "file"))
-    one_line_error(proc, 2, f"error: --results: {tmp_path / 'file'} is a file, not a folder")
+    one_line_error(proc, 2, f"error: --results: {tmp_path / 'file'} is a file, not a writable directory")
     assert (tmp_path / "file").read_text() == "x"
 
 

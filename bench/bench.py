@@ -28,18 +28,18 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from effrank_utils.convergence import convergence
-from effrank_utils.curves import effective_rank
-from effrank_utils.data import ImageData, load_data_for, pipeline_for
-from effrank_utils.distill import DistillationLoss
-from effrank_utils.factorize import factorize
-from effrank_utils.models import build_model, resolve_device
-from effrank_utils.presets import load_preset
-from effrank_utils.refine import tolerance
-from effrank_utils.run_folder import read_epochs
-from effrank_utils.sweep import run_sweep
-from effrank_utils.teacher import CrossEntropy, train_teacher
-from effrank_utils.training import Recipe, fit, make_optimizer, recipe_for
+from effrank_utils.estimate.convergence import convergence
+from effrank_utils.estimate.curves import effective_rank
+from effrank_utils.estimate.refine import tolerance
+from effrank_utils.lowrank.factorize import factorize
+from effrank_utils.records.run_folder import read_epochs
+from effrank_utils.run.entry import load_preset
+from effrank_utils.run.sweep import run_sweep
+from effrank_utils.run.teacher import CrossEntropy, train_teacher
+from effrank_utils.training.data import ImageData, load_data_for, pipeline_for
+from effrank_utils.training.distill import DistillationLoss
+from effrank_utils.training.loop import Recipe, fit, make_optimizer, recipe_for
+from effrank_utils.training.models import build_model, resolve_device
 
 warnings.filterwarnings("ignore", message=".*break-even.*")
 

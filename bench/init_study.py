@@ -25,13 +25,15 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from effrank_utils.analysis import analyze, load_study, save_results, study_convergence
-from effrank_utils.config import StudyConfig
-from effrank_utils.convergence import QUANTITIES
-from effrank_utils.plotting import plot_convergence
-from effrank_utils.presets import load_preset, parse_assignment
-from effrank_utils.run_folder import SWEEP_CSV, TEACHER_FILE
-from effrank_utils.sweep import run_sweep
+from effrank_utils.estimate.curves import QUANTITY_LABELS
+from effrank_utils.records.config import StudyConfig
+from effrank_utils.records.run_folder import SWEEP_CSV, TEACHER_FILE
+from effrank_utils.report.analysis import analyze, save_results, study_convergence
+from effrank_utils.report.plotting import plot_convergence
+from effrank_utils.report.study import load_study
+from effrank_utils.run.entry import load_preset
+from effrank_utils.run.presets import parse_assignment
+from effrank_utils.run.sweep import run_sweep
 
 
 def overlap(a: dict, b: dict) -> bool | None:
@@ -134,7 +136,7 @@ def main() -> int:
     if len(args.inits) == 2:
         a, b = (record["inits"][i] for i in args.inits)
         record["intervals_overlap"] = {name: overlap(a["intervals"].get(name), b["intervals"].get(name))
-                                       for name in QUANTITIES}
+                                       for name in QUANTITY_LABELS}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2, default=str) + "\n")
     figure(record, args.figure)

@@ -33,13 +33,13 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 from torch.utils.flop_counter import FlopCounterMode
 
-from effrank_utils.config import make_config
-from effrank_utils.data import ImageData, pipeline_for
-from effrank_utils.distill import kd_loss
-from effrank_utils.factorize import factorize
-from effrank_utils.models import build_model, resolve_device
-from effrank_utils.presets import preset_values
-from effrank_utils.training import autocast, make_optimizer, recipe_for
+from effrank_utils.lowrank.factorize import factorize
+from effrank_utils.run.preflight import make_config
+from effrank_utils.run.presets import preset_values
+from effrank_utils.training.data import ImageData, pipeline_for
+from effrank_utils.training.distill import kd_loss
+from effrank_utils.training.loop import autocast, make_optimizer, recipe_for
+from effrank_utils.training.models import build_model, resolve_device
 
 warnings.filterwarnings("ignore", message=".*break-even.*")
 

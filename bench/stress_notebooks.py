@@ -4,7 +4,7 @@
                                      [--out bench/stress_notebooks.json]
 
 One small finished run is prepared first (the ``smoke`` preset through
-:func:`effrank_utils.reproduce.run_notebooks`), or an existing run directory is reused. Each execution is a
+:func:`effrank_utils.report.reproduce.run_notebooks`), or an existing run directory is reused. Each execution is a
 ``papermill`` process with its kernel in its own process group and no cell timeout; one that outlives the
 wall-clock guard is killed and counted as a hang, one that exits non-zero or leaves no panel output as a failure.
 """
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import nbformat
 
-from effrank_utils.reproduce import DEFAULT_NOTEBOOK_DIR, NOTEBOOKS, run_notebooks
+from effrank_utils.report.reproduce import DEFAULT_NOTEBOOK_DIR, NOTEBOOKS, run_notebooks
 
 log = logging.getLogger("stress_notebooks")
 

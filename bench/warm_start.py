@@ -22,14 +22,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from effrank_utils.curves import effective_rank
-from effrank_utils.data import load_data_for, pipeline_for
-from effrank_utils.distill import DistillationLoss
-from effrank_utils.factorize import factorize
-from effrank_utils.models import resolve_device
-from effrank_utils.presets import load_preset, parse_assignment
-from effrank_utils.teacher import train_teacher
-from effrank_utils.training import fit, recipe_for
+from effrank_utils.estimate.curves import effective_rank
+from effrank_utils.lowrank.factorize import factorize
+from effrank_utils.run.entry import load_preset
+from effrank_utils.run.presets import parse_assignment
+from effrank_utils.run.teacher import train_teacher
+from effrank_utils.training.data import load_data_for, pipeline_for
+from effrank_utils.training.distill import DistillationLoss
+from effrank_utils.training.loop import fit, recipe_for
+from effrank_utils.training.models import resolve_device
 
 warnings.filterwarnings("ignore", message=".*break-even.*")
 

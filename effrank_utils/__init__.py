@@ -1,11 +1,43 @@
-"""effrank: estimate the effective rank of Vision Transformers by low-rank factorization + distillation."""
+"""effrank: estimate the effective rank of Vision Transformers by low-rank factorization + distillation.
 
+The public API (loaded on first use, so that importing the package, or its read side, loads no torch):
+
+Study
+    ``load_preset(name, overrides)``, ``make_config(values)`` -- a validated :class:`StudyConfig`;
+    ``open_study(preset, overrides, run_dir)`` -- a config and its run folder.
+Training
+    ``load_data(dataset, ...)``, ``train_teacher(config, run_dir)``, ``factorize(teacher, rank, init, targets)``,
+    ``run_sweep(config, run_dir)`` -- the resumable rank sweep.
+Estimate
+    ``effective_rank(ranks, accuracy, reference, band)`` -- region, knee and bootstrap intervals of any table;
+    ``load_study(run_dir)``, ``analyze(study, band, reference)``, ``summary_text``, ``save_results``.
+
+The layers, bottom to top (imports point down only): ``base``, ``estimate``, ``records``, ``lowrank``,
+``training``, ``run`` and, beside it, the read side ``report``; the ``effrank`` command (``cli``) on top.
+"""
+
+import importlib
 import logging
 import sys
 
-__version__ = "0.1.0"
+from .version import __version__
 
+#: Each public name and the module that owns it.
+_API = {
+    "StudyConfig": "records.config", "load_preset": "run.entry", "make_config": "run.preflight",
+    "open_study": "run.entry", "load_data": "training.data", "train_teacher": "run.teacher",
+    "factorize": "lowrank.factorize", "run_sweep": "run.sweep", "effective_rank": "estimate.curves",
+    "load_study": "report.study", "analyze": "report.analysis", "summary_text": "report.analysis",
+    "save_results": "report.analysis",
+}
+__all__ = ["__version__", *_API]
 COMMAND_MODULES = (f"{__name__}.__main__", f"{__name__}.cli")  # what ``python -m`` may run besides the package
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _refuse_running_a_library_module() -> None:

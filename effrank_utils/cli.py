@@ -17,13 +17,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from .dashboard import DEFAULT_PORT
-from .presets import PRESETS, parse_assignment
-from .reproduce import DEFAULT_NOTEBOOK_DIR
-from .run_folder import DEFAULT_RESULTS
+from .estimate.curves import DEFAULT_BAND
+from .records.run_folder import DEFAULT_RESULTS
+from .report.dashboard import DEFAULT_PORT
+from .report.reproduce import DEFAULT_NOTEBOOK_DIR
+from .run.presets import PRESETS, parse_assignment
 
 if TYPE_CHECKING:
-    from .config import StudyConfig
+    from .records.config import StudyConfig
 
 EXIT_USER_ERROR = 2
 EXIT_FAILED = 1
@@ -44,8 +45,8 @@ def _study_options(parser: argparse.ArgumentParser) -> None:
 def _open(args: argparse.Namespace) -> tuple["StudyConfig", Path]:
     """The validated config and run folder of the options; ``--fresh`` deletes the folder, else a folder of
     another study (or not effrank's) is refused -- all before any compute."""
-    from .entry import open_study
-    from .run_folder import check_config, check_folder_path, remove_run_folder
+    from .records.run_folder import check_config, check_folder_path, remove_run_folder
+    from .run.entry import open_study
     check_folder_path(args.results, "--results")
     config, run_dir = open_study(args.preset, dict(args.overrides), args.run_dir, args.results)
     run_dir = run_dir.resolve()
@@ -58,7 +59,7 @@ def _open(args: argparse.Namespace) -> tuple["StudyConfig", Path]:
 
 
 def _report_failures(run_dir: Path) -> int:
-    from .run_folder import failed_tasks, read_sweep
+    from .records.run_folder import failed_tasks, read_sweep
     failed = failed_tasks(read_sweep(run_dir))
     if not failed:
         return 0
@@ -70,8 +71,8 @@ def _report_failures(run_dir: Path) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from .analysis import headline
-    from .reproduce import CELL_TIMEOUTS, NotebookFailed, check_kernel, run_notebooks
+    from .report.analysis import headline
+    from .report.reproduce import CELL_TIMEOUTS, NotebookFailed, check_kernel, run_notebooks
     check_kernel(args.kernel)
     config, run_dir = _open(args)
     print(f"effrank: preset {config.preset!r} -> {run_dir}", flush=True)
@@ -88,7 +89,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from .sweep import run_sweep
+    from .run.sweep import run_sweep
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config, run_dir = _open(args)
     table = run_sweep(config, run_dir)
@@ -97,15 +98,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from .analysis import (
-        analyze,
-        load_study,
-        save_results,
-        study_convergence,
-        study_settings,
-        summary_text,
-        training_free,
-    )
+    from .report.analysis import analyze, save_results, study_convergence, study_settings, summary_text, training_free
+    from .report.study import load_study
     study = load_study(args.run_dir)
     band, reference = study_settings(study, args.band, args.reference)
     result = analyze(study, band, reference)
@@ -118,7 +112,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .compare import check_out_dir, comparison_table, estimator_warnings, load_studies, save_comparison
+    from .report.compare import check_out_dir, comparison_table, estimator_warnings, load_studies, save_comparison
     check_out_dir(args.out, args.run_dirs)
     compared = load_studies(args.run_dirs, args.labels)
     table = comparison_table(compared)
@@ -141,8 +135,8 @@ def _reference(text: str) -> str | float:
 def _dashboard(args: argparse.Namespace) -> int:
     import secrets
 
-    from .analysis import load_finished_study
-    from .dashboard import HOST, TOKEN_ENV, check_port, dashboard_notebook, voila_command
+    from .report.dashboard import HOST, TOKEN_ENV, check_port, dashboard_notebook, voila_command
+    from .report.study import load_finished_study
     load_finished_study(args.run_dir)  # a finished study, or a one-line error before any server starts
     check_port(args.port)
     token = secrets.token_hex(24)
@@ -200,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = commands.add_parser("analyze", help="region, knee, summary.json and figure of a run folder")
     analyze.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     analyze.add_argument("--band", type=float, nargs=2, metavar=("LO", "HI"),
-                         help="fractions of the reference accuracy (default: the study's, e.g. 0.85 0.95)")
+                         help="fractions of the reference accuracy (default: the study's, e.g. %s %s)" % DEFAULT_BAND)
     analyze.add_argument("--reference", type=_reference, default=None,
                          help="teacher, best_student or a number (default: the study's)")
     analyze.set_defaults(run=_analyze)
@@ -231,8 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from .data import DatasetNotAvailable
-    from .models import WeightsNotAvailable
+    from .training.data import DatasetNotAvailable
+    from .training.models import WeightsNotAvailable
     return ValueError, FileNotFoundError, DatasetNotAvailable, WeightsNotAvailable
 
 

@@ -9,13 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from effrank_utils import analysis
-from effrank_utils.curves import effective_rank
-from effrank_utils.panel import analysis_panel
-from effrank_utils.plotting import plot_effective_rank
-from effrank_utils.presets import load_preset
-from effrank_utils.run_folder import COLUMNS, SWEEP_CSV, TEACHER_JSON, write_record
-from effrank_utils.storage import write_json
+from effrank_utils.base.storage import write_json
+from effrank_utils.estimate.curves import effective_rank
+from effrank_utils.records.run_folder import COLUMNS, SWEEP_CSV, TEACHER_JSON, write_record
+from effrank_utils.report import analysis
+from effrank_utils.report.panel import analysis_panel
+from effrank_utils.report.plotting import plot_effective_rank
+from effrank_utils.report.study import load_study
+from effrank_utils.run.entry import load_preset
 
 TEACHER = 0.93
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -34,7 +35,7 @@ def study(tmp_path):
     pd.DataFrame(rows, columns=COLUMNS).to_csv(tmp_path / SWEEP_CSV, index=False)
     write_record(tmp_path, load_preset("smoke"), "fingerprint")
     write_json(tmp_path / TEACHER_JSON, {"status": "done", "accuracy": TEACHER})
-    return analysis.load_study(tmp_path)
+    return load_study(tmp_path)
 
 
 def test_failed_rows_are_excluded_and_counted(study):
@@ -196,9 +197,9 @@ def test_panel_shows_censored_intervals_and_an_undefined_knee(tmp_path):
     pd.DataFrame(rows, columns=COLUMNS).to_csv(tmp_path / SWEEP_CSV, index=False)
     write_record(tmp_path, load_preset("smoke"), "fingerprint")
     write_json(tmp_path / TEACHER_JSON, {"status": "done", "accuracy": 1.0})
-    panel = analysis_panel(analysis.load_study(tmp_path), reference=1.0)
+    panel = analysis_panel(load_study(tmp_path), reference=1.0)
     assert re.search(r"r_hi censored: &gt; 32 in \d+% of resamples", panel.summary.value)
     flat = pd.DataFrame([dict(row, final_accuracy=0.5) for row in rows], columns=COLUMNS)
     flat.to_csv(tmp_path / SWEEP_CSV, index=False)
-    panel = analysis_panel(analysis.load_study(tmp_path), band=(0.6, 0.7), reference=1.0)
+    panel = analysis_panel(load_study(tmp_path), band=(0.6, 0.7), reference=1.0)
     assert "knee undefined" in panel.summary.value

@@ -27,10 +27,11 @@ from typing import Iterator
 
 import pytest
 
-from effrank_utils import analysis
-from effrank_utils.dashboard import TOKEN_ENV, dashboard_notebook, voila_command
-from effrank_utils.presets import load_preset
-from effrank_utils.sweep import run_sweep
+from effrank_utils.report import analysis
+from effrank_utils.report.dashboard import TOKEN_ENV, dashboard_notebook, voila_command
+from effrank_utils.report.study import load_study
+from effrank_utils.run.entry import load_preset
+from effrank_utils.run.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("EFFRANK_ARTIFACTS", ROOT / "test-artifacts")) / "browser"
@@ -54,7 +55,7 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def study(run_dir):
-    return analysis.load_study(run_dir)
+    return load_study(run_dir)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from effrank_utils.storage import file_lock
+from effrank_utils.base.storage import file_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["--preset", "smoke", "--set", "ranks=[1,2,4]", "--set", "teacher_epochs=2"]

@@ -5,9 +5,9 @@ import json
 import pytest
 
 from effrank_utils.cli import main
-from effrank_utils.compare import comparison_table, estimator_warnings, load_studies, save_comparison
-from effrank_utils.presets import load_preset
-from effrank_utils.sweep import run_sweep
+from effrank_utils.report.compare import comparison_table, estimator_warnings, load_studies, save_comparison
+from effrank_utils.run.entry import load_preset
+from effrank_utils.run.sweep import run_sweep
 
 SMOKE = dict(ranks=[1, 2, 4, 8], student_epochs=1)
 
@@ -59,7 +59,7 @@ def test_what_cannot_be_compared_is_refused_in_one_line(studies, tmp_path, capsy
     other = tmp_path / "other"
     other.mkdir()
     if case == "no students":
-        from effrank_utils.teacher import train_teacher
+        from effrank_utils.run.teacher import train_teacher
         train_teacher(load_preset("smoke", SMOKE), other)
     args = {"not a run folder": [str(studies / "mlp"), str(other)],
             "no students": [str(studies / "mlp"), str(other)],

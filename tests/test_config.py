@@ -5,9 +5,10 @@ import stat
 
 import pytest
 
-from effrank_utils.config import make_config
-from effrank_utils.presets import PRESETS, load_preset, preset_values
-from effrank_utils.storage import ensure_writable_dir
+from effrank_utils.base.storage import ensure_writable_dir
+from effrank_utils.run.entry import load_preset
+from effrank_utils.run.preflight import make_config
+from effrank_utils.run.presets import PRESETS, preset_values
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

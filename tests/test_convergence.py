@@ -9,15 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from effrank_utils import analysis, training
-from effrank_utils.convergence import accuracy_at_budget, budget_steps, convergence
-from effrank_utils.curves import effective_rank
-from effrank_utils.data import load_data, pipeline_for, validation_split
-from effrank_utils.models import build_model
-from effrank_utils.presets import load_preset
-from effrank_utils.run_folder import EPOCHS_CSV, read_epochs
-from effrank_utils.sweep import run_sweep
-from effrank_utils.training import (
+from effrank_utils.estimate.convergence import accuracy_at_budget, budget_steps, convergence
+from effrank_utils.estimate.curves import effective_rank
+from effrank_utils.records.run_folder import EPOCHS_CSV, read_epochs
+from effrank_utils.report import analysis
+from effrank_utils.report.study import load_study
+from effrank_utils.run.entry import load_preset
+from effrank_utils.run.sweep import run_sweep
+from effrank_utils.training import loop
+from effrank_utils.training.data import load_data, pipeline_for, validation_split
+from effrank_utils.training.loop import (
     CAP,
     PLATEAU,
     PLATEAU_CUTS,
@@ -28,6 +29,7 @@ from effrank_utils.training import (
     plateaus,
     rate_factor,
 )
+from effrank_utils.training.models import build_model
 
 SMOKE = dict(validation_fraction=0.1, student_patience=1, student_schedule="constant", student_epochs=6)
 
@@ -60,7 +62,7 @@ def models(config, data, n=2):
 def scripted_validation(monkeypatch):
     """Validation accuracy by script: model 0 plateaus after its first epoch, model 1 improves every epoch."""
     calls = {0: 0, 1: 0}
-    real = training.evaluate
+    real = loop.evaluate
 
     def evaluate(model, pipeline, amp=False, split="test"):
         if split != "val":
@@ -68,7 +70,7 @@ def scripted_validation(monkeypatch):
         calls[model.slot] += 1
         return 0.5 if model.slot == 0 else 0.1 * calls[model.slot]
 
-    monkeypatch.setattr(training, "evaluate", evaluate)
+    monkeypatch.setattr(loop, "evaluate", evaluate)
     return calls
 
 
@@ -300,7 +302,7 @@ def test_rows_record_epochs_stop_reason_and_per_epoch_accuracy(stopped_run):
 
 
 def test_summary_and_headline_say_whether_it_converged(stopped_run):
-    study = analysis.load_study(stopped_run)
+    study = load_study(stopped_run)
     result = analysis.analyze(study)
     analysis.save_results(study, result, "teacher")
     summary = json.loads((stopped_run / "summary.json").read_text())
@@ -319,7 +321,7 @@ def test_a_sweep_without_per_epoch_records_says_so(stopped_run, tmp_path):
     copy = tmp_path / "old"
     shutil.copytree(stopped_run, copy)
     (copy / EPOCHS_CSV).unlink()
-    study = analysis.load_study(copy)
+    study = load_study(copy)
     analysis.write_summary(study, analysis.analyze(study), "teacher")
     assert json.loads((copy / "summary.json").read_text())["converged"] is None
     assert "convergence unknown" in analysis.headline(copy)
@@ -340,7 +342,7 @@ def test_a_plateau_scheduled_sweep_records_its_cuts_and_says_so(tmp_path):
             assert rates[-1] == pytest.approx(3e-5)
     assert cut, "no student reached a plateau: the test would not see a cut"
     assert read_epochs(run_dir)["lr"].notna().all()
-    study = analysis.load_study(run_dir)
+    study = load_study(run_dir)
     analysis.save_results(study, analysis.analyze(study), "teacher")
     assert "learning rate cut at earlier plateaus, stopping at a validation plateau (patience 1)" in \
         analysis.headline(run_dir)

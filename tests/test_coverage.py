@@ -12,8 +12,7 @@ from timm.layers import ConvMlp
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from effrank_utils.distill import feature_taps, geometric_loss, mse_cosine
-from effrank_utils.factorize import (
+from effrank_utils.lowrank.factorize import (
     LowRankLinear,
     compression_table,
     coverage,
@@ -22,6 +21,7 @@ from effrank_utils.factorize import (
     parameter_report,
     target_layers,
 )
+from effrank_utils.training.distill import feature_taps, geometric_loss, mse_cosine
 
 
 def timm_model(name: str, **kwargs) -> nn.Module:

@@ -5,7 +5,13 @@ import math
 import numpy as np
 import pytest
 
-from effrank_utils.curves import CROSSED, EXCEEDED_AT_FIRST_RANK, NOT_REACHED, effective_rank, sensitivity_table
+from effrank_utils.estimate.curves import (
+    CROSSED,
+    EXCEEDED_AT_FIRST_RANK,
+    NOT_REACHED,
+    effective_rank,
+    sensitivity_table,
+)
 
 
 def test_linear_ramp_crossings_are_exact():

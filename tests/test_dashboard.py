@@ -23,9 +23,9 @@ import pytest
 
 from effrank_utils import cli
 from effrank_utils.cli import main
-from effrank_utils.dashboard import HOST, TOKEN_ENV, dashboard_notebook, voila_command
-from effrank_utils.presets import load_preset
-from effrank_utils.sweep import run_sweep
+from effrank_utils.report.dashboard import HOST, TOKEN_ENV, dashboard_notebook, voila_command
+from effrank_utils.run.entry import load_preset
+from effrank_utils.run.sweep import run_sweep
 
 GUARD = 180  # seconds: a guard against a hang, not a speed test
 PAGE = "Effective-rank region"  # printed by notebook 03, so on the page once it ran

@@ -13,8 +13,8 @@ from PIL import Image
 from torchvision import datasets
 from torchvision.datasets import cifar as cifar_module
 
-import effrank_utils.data as data_module
-from effrank_utils.data import (
+import effrank_utils.training.data as data_module
+from effrank_utils.training.data import (
     DATASETS,
     BatchPipeline,
     CorruptImage,
@@ -146,12 +146,12 @@ def test_damaged_image_cache_is_rebuilt_with_a_warning(tmp_path, monkeypatch, ca
         cache.write_bytes(np.random.default_rng(0).bytes(400))
     else:
         np.savez(cache, x_tr=first.train_images.numpy())
-    with caplog.at_level(logging.WARNING, logger="effrank_utils.data"):
+    with caplog.at_level(logging.WARNING, logger="effrank_utils.training.data"):
         again = load_data("imagefolder", root=root)
     assert again.fingerprint() == first.fingerprint()
     assert any("damaged" in r.getMessage() and str(cache) in r.getMessage() for r in caplog.records)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="effrank_utils.data"):
+    with caplog.at_level(logging.WARNING, logger="effrank_utils.training.data"):
         load_data("imagefolder", root=root)  # the rebuilt cache is whole again
     assert not caplog.records
 

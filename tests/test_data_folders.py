@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
-from effrank_utils.data import CorruptImage, DatasetNotAvailable, check_source, dataset_classes, load_data
+from effrank_utils.training.data import CorruptImage, DatasetNotAvailable, check_source, dataset_classes, load_data
 
 
 def _write_tree(root, split, classes, per_class, size=6, seed=0):

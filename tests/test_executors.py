@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from effrank_utils import sweep
-from effrank_utils.executors import RayExecutor
-from effrank_utils.presets import load_preset
+from effrank_utils.run import sweep
+from effrank_utils.run.entry import load_preset
+from effrank_utils.run.executors import RayExecutor
 
 ray = pytest.importorskip("ray", reason="the Ray extra is not installed (pip install -e '.[ray]')")
 

@@ -10,7 +10,7 @@ import torchvision
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from effrank_utils.factorize import (
+from effrank_utils.lowrank.factorize import (
     LowRankLinear,
     SplitMultiheadAttention,
     break_even_rank,

@@ -5,17 +5,18 @@ import pandas as pd
 import pytest
 import torch
 
-from effrank_utils import sweep
-from effrank_utils.data import load_data, load_data_for, pipeline_for
-from effrank_utils.distill import DistillationLoss
-from effrank_utils.factorize import factorize
-from effrank_utils.presets import load_preset
-from effrank_utils.refine import next_ranks, tolerance
-from effrank_utils.run_folder import Task
-from effrank_utils.students import train_students
-from effrank_utils.teacher import train_teacher
-from effrank_utils.teacher_cache import TeacherLogitCache, cache_key
-from effrank_utils.training import fit, recipe_for
+from effrank_utils.estimate.refine import next_ranks, tolerance
+from effrank_utils.lowrank.factorize import factorize
+from effrank_utils.records.run_folder import Task
+from effrank_utils.run import sweep
+from effrank_utils.run.entry import load_preset
+from effrank_utils.run.preflight import preflight
+from effrank_utils.run.students import train_students
+from effrank_utils.run.teacher import train_teacher
+from effrank_utils.training.data import load_data, load_data_for, pipeline_for
+from effrank_utils.training.distill import DistillationLoss
+from effrank_utils.training.loop import fit, recipe_for
+from effrank_utils.training.teacher_cache import TeacherLogitCache, cache_key
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +106,7 @@ def test_cache_key_changes_with_teacher_data_and_augmentation(setup):
 def test_cache_is_refused_for_the_geometric_loss(setup):
     cfg, _, teacher = setup
     with pytest.raises(ValueError, match="cache_teacher"):
-        cfg.replace(loss="geometric", cache_teacher=True)
+        preflight(cfg.replace(loss="geometric", cache_teacher=True))
 
 
 def saturating(r):
@@ -136,7 +137,7 @@ def test_refinement_converges_to_the_dense_answer():
             break
         swept = sorted(set(swept) | set(new))
     assert len(swept) < 20
-    from effrank_utils.curves import effective_rank
+    from effrank_utils.estimate.curves import effective_rank
     full = effective_rank(dense_ranks, saturating(dense_ranks), 0.9)
     refined = effective_rank(swept, saturating(swept), 0.9)
     assert refined.region_low == pytest.approx(full.region_low, abs=tolerance(full.region_low))

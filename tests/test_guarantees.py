@@ -13,8 +13,11 @@ import pandas as pd
 import pytest
 import torch
 
-from effrank_utils import analysis, cli, compare, run_folder
-from effrank_utils.plotting import plot_effective_rank
+from effrank_utils import cli
+from effrank_utils.records import run_folder
+from effrank_utils.report import analysis, compare
+from effrank_utils.report.plotting import plot_effective_rank
+from effrank_utils.report.study import load_study
 
 SMOKE = ["--preset", "smoke", "--set", "ranks=[1,2,4]", "--set", "teacher_epochs=2"]
 
@@ -87,20 +90,20 @@ def test_analyze_names_the_missing_students_and_never_says_converged(partial):
     assert summary["complete"] is False and summary["missing"] == [[4, 0]]
     assert summary["converged"] is False and summary["convergence"]["converged"] is False
     assert "the study is incomplete (no result for rank 4 seed 0)" in analysis.headline(partial)
-    study = analysis.load_study(partial)
+    study = load_study(partial)
     title = plot_effective_rank(study, analysis.analyze(study)).axes[0].get_title()
     assert "incomplete: 1 of 3 students have no result" in title
 
 
 def test_a_finished_study_is_complete(finished):
-    study = analysis.load_study(finished)
+    study = load_study(finished)
     assert study.complete and study.missing == ()
     assert analysis.summary(study, analysis.analyze(study), "teacher")["complete"] is True
 
 
 def test_a_student_in_training_counts_as_missing(partial):
     (partial / "tasks" / "state_r00004_s0-r00008_s0.pt").write_bytes(b"")
-    study = analysis.load_study(partial)
+    study = load_study(partial)
     assert [(t.rank, t.seed) for t in study.missing] == [(4, 0), (8, 0)]
 
 
@@ -182,12 +185,13 @@ def test_labels_are_shown_as_plain_text(finished, copy, tmp_path):
 
 
 # --------------------------------------------------------------------------------------- one-line errors
-def test_a_library_module_run_as_a_script_says_what_to_run():
-    proc = subprocess.run([sys.executable, "-m", "effrank_utils.sweep", "--preset", "smoke"], capture_output=True,
-                          text=True, timeout=600)
+@pytest.mark.parametrize("module", ["effrank_utils.sweep", "effrank_utils.run.sweep"])  # as documented before, now
+def test_a_library_module_run_as_a_script_says_what_to_run(module):
+    proc = subprocess.run([sys.executable, "-m", module, "--preset", "smoke"], capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode != 0 and proc.stdout == ""
-    assert proc.stderr.strip() == ("effrank_utils.sweep is a library module, not a command; run the effrank command "
-                                   "instead (`effrank --help`, or `python -m effrank_utils --help`)")
+    assert proc.stderr.strip() == (f"{module} is a library module, not a command; run the effrank command instead "
+                                   "(`effrank --help`, or `python -m effrank_utils --help`)")
     assert effrank("--help").returncode == 0
 
 

@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 from matplotlib.lines import Line2D
 
-from effrank_utils import analysis
-from effrank_utils.curves import (
+from effrank_utils.estimate.curves import (
     CENSORED_BELOW,
     KNEE_DEFINED,
     KNEE_NOT_ABOVE_SECANT,
@@ -18,9 +17,11 @@ from effrank_utils.curves import (
     effective_rank,
     sensitivity_table,
 )
-from effrank_utils.plotting import plot_effective_rank
-from effrank_utils.presets import load_preset
-from effrank_utils.refine import next_ranks
+from effrank_utils.estimate.refine import next_ranks
+from effrank_utils.report import analysis
+from effrank_utils.report.plotting import plot_effective_rank
+from effrank_utils.report.study import Study
+from effrank_utils.run.entry import load_preset
 
 matplotlib.use("Agg")
 
@@ -30,7 +31,7 @@ def study_of(tmp_path, ranks, accuracy, teacher=1.0):
     ranks = np.asarray(ranks, dtype=float)
     table = pd.DataFrame({"rank": ranks, "seed": 0, "status": "ok", "params": 1000 + 100 * ranks,
                           "teacher_params": 5000.0, "final_accuracy": np.asarray(accuracy, dtype=float)})
-    return analysis.Study(tmp_path, load_preset("smoke"), teacher, table, table.iloc[:0])
+    return Study(tmp_path, load_preset("smoke"), teacher, table, table.iloc[:0])
 
 
 # ------------------------------------------------------------------------------------- 1. the knee's side

@@ -6,8 +6,8 @@ import urllib.error
 import pytest
 import torch
 
-from effrank_utils import models
-from effrank_utils.presets import load_preset
+from effrank_utils.run.entry import load_preset
+from effrank_utils.training import models
 
 
 def test_small_vit_head_matches_classes():

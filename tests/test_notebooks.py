@@ -12,8 +12,8 @@ import pytest
 from nbformat.sign import NotebookNotary
 
 from effrank_utils.cli import main
-from effrank_utils.curves import effective_rank
-from effrank_utils.reproduce import NOTEBOOKS, NotebookFailed, NotebookTimedOut, run_notebooks
+from effrank_utils.estimate.curves import effective_rank
+from effrank_utils.report.reproduce import NOTEBOOKS, NotebookFailed, NotebookTimedOut, run_notebooks
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 ANALYSIS = NOTEBOOKS[-1]
@@ -227,8 +227,8 @@ def outputs_text(path: Path) -> str:
 def test_teacher_notebook_says_a_checkpoint_teacher_was_loaded_not_trained(kernel_env, tmp_path):
     import torch
 
-    from effrank_utils.models import build_model
-    from effrank_utils.presets import load_preset
+    from effrank_utils.run.entry import load_preset
+    from effrank_utils.training.models import build_model
     checkpoint = tmp_path / "mine.pt"
     torch.save({"model": build_model(load_preset("smoke"), 10, 1).state_dict()}, checkpoint)
     (executed,) = run_notebooks("smoke", tmp_path / "run", {"teacher_checkpoint": str(checkpoint)}, progress=False,
@@ -240,8 +240,8 @@ def test_teacher_notebook_says_a_checkpoint_teacher_was_loaded_not_trained(kerne
 def test_compare_notebook_runs_on_two_studies(smoke_run, kernel_env, tmp_path):
     import papermill
 
-    from effrank_utils.presets import load_preset
-    from effrank_utils.sweep import run_sweep
+    from effrank_utils.run.entry import load_preset
+    from effrank_utils.run.sweep import run_sweep
     run_dir, _ = smoke_run
     other = tmp_path / "mlp-only"
     run_sweep(load_preset("smoke", {"ranks": [1, 2, 4, 8, 16], "targets": ["mlp"]}), other)

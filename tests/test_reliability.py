@@ -12,11 +12,12 @@ import pandas as pd
 import pytest
 import torch
 
-from effrank_utils import analysis, sweep
-from effrank_utils.distill import DistillationLoss
-from effrank_utils.factorize import LowRankLinear
-from effrank_utils.presets import load_preset
-from effrank_utils.storage import load_checkpoint
+from effrank_utils.base.storage import load_checkpoint
+from effrank_utils.lowrank.factorize import LowRankLinear
+from effrank_utils.report.study import load_study
+from effrank_utils.run import sweep
+from effrank_utils.run.entry import load_preset
+from effrank_utils.training.distill import DistillationLoss
 
 PACKAGE = Path(__file__).resolve().parents[1] / "effrank_utils"
 SETTINGS = ["--preset", "smoke", "--set", "ranks=[1,2,4]", "--set", "student_epochs=3", "--set", "teacher_epochs=3"]
@@ -90,7 +91,7 @@ def test_two_concurrent_sweeps_share_the_work(reference, tmp_path):
     for task in ("r00001_s0", "r00002_s0", "r00004_s0"):
         started = sum(len(re.findall(rf"training [^\n]*{task}", log)) for log in logs)
         assert started == 1, f"{task} trained {started} times"
-    assert sum(log.count("INFO effrank_utils.teacher: teacher: test accuracy") for log in logs) == 1
+    assert sum(log.count("INFO effrank_utils.run.teacher: teacher: test accuracy") for log in logs) == 1
 
 
 @pytest.fixture
@@ -114,7 +115,7 @@ def test_nan_loss_marks_the_student_failed_and_the_sweep_goes_on(tmp_path, nan_a
     assert failed["status"] == "failed" and "non-finite loss" in failed["failure"]
     assert pd.isna(failed["final_accuracy"])
     assert (table.set_index("rank").loc[[1, 4], "status"] == "ok").all()
-    study = analysis.load_study(tmp_path)
+    study = load_study(tmp_path)
     assert len(study.failed) == 1 and study.table["rank"].tolist() == [1, 4]
 
 

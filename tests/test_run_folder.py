@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from effrank_utils import run_folder, sweep
-from effrank_utils.presets import load_preset
-from effrank_utils.storage import atomic_write, file_lock, write_json
+from effrank_utils.base.storage import atomic_write, file_lock, write_json
+from effrank_utils.records import run_folder
+from effrank_utils.run import sweep
+from effrank_utils.run.entry import load_preset
 
 SMOKE = dict(ranks=[1, 2, 4], teacher_epochs=2)
 
@@ -196,7 +197,7 @@ def test_waiting_for_a_lock_says_who_holds_it(tmp_path, caplog):
     thread.start()
     held.wait()
     threading.Timer(1.0, release.set).start()
-    with caplog.at_level("WARNING", logger="effrank_utils.storage"):
+    with caplog.at_level("WARNING", logger="effrank_utils.base.storage"):
         with file_lock(lock, announce_every=0.3) as acquired:
             assert acquired
     thread.join()
@@ -225,7 +226,7 @@ def test_a_student_checkpoint_of_other_settings_is_not_resumed(finished, run_cop
     other = load_preset("smoke", **SMOKE, student_lr=1e-3, student_epochs=3)
     for row in (run_copy / "tasks").glob("r*_s*.json"):
         row.unlink()
-    from effrank_utils.storage import save_checkpoint
+    from effrank_utils.base.storage import save_checkpoint
     save_checkpoint(run_copy / "tasks" / "state_r00001_s0.pt",
                     {"tag": "another study", "epoch": 3, "models": [], "optimizers": [], "results": "[]"})
     table = sweep.run_sweep(other, run_copy)

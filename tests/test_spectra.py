@@ -9,20 +9,14 @@ import pytest
 import torch
 import torchvision
 
-from effrank_utils import analysis
-from effrank_utils.models import small_vit
-from effrank_utils.presets import load_preset
-from effrank_utils.spectra import (
-    MEASURES,
-    energy_rank,
-    entropy_rank,
-    layer_spectra,
-    measures,
-    read_spectra,
-    stable_rank,
-    summarize,
-)
-from effrank_utils.sweep import run_sweep
+from effrank_utils.estimate.spectra import MEASURES, energy_rank, entropy_rank, measures, stable_rank, summarize
+from effrank_utils.lowrank.weight_spectra import layer_spectra
+from effrank_utils.records.run_folder import read_spectra
+from effrank_utils.report import analysis
+from effrank_utils.report.study import load_study
+from effrank_utils.run.entry import load_preset
+from effrank_utils.run.sweep import run_sweep
+from effrank_utils.training.models import small_vit
 
 
 def singular_values(matrix: np.ndarray) -> np.ndarray:
@@ -96,7 +90,7 @@ def swept(tmp_path_factory):
 def test_the_sweep_saves_spectra_and_the_analysis_puts_three_estimates_side_by_side(swept):
     table, values = read_spectra(swept)
     assert len(table) == 4 and set(values) == set(table["path"])
-    study = analysis.load_study(swept)
+    study = load_study(swept)
     result = analysis.analyze(study)
     side = analysis.training_free(study, result)
     assert side["estimate"].str.startswith("weights:").sum() == len(MEASURES)
@@ -118,6 +112,6 @@ def test_random_init_students_give_no_truncation_estimate(swept, tmp_path):
     config = json.loads((copy / "config.json").read_text())
     config["config"]["init"] = "random"
     (copy / "config.json").write_text(json.dumps(config))
-    study = analysis.load_study(copy)
+    study = load_study(copy)
     side = analysis.training_free(study, analysis.analyze(study))
     assert "truncation: SVD students before training" not in set(side["estimate"])

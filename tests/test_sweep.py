@@ -5,8 +5,10 @@ import json
 import pandas as pd
 import pytest
 
-from effrank_utils import run_folder, students, sweep
-from effrank_utils.presets import load_preset
+from effrank_utils.records import run_folder
+from effrank_utils.report.study import load_study
+from effrank_utils.run import students, sweep
+from effrank_utils.run.entry import load_preset
 
 
 @pytest.fixture
@@ -26,8 +28,8 @@ def test_sweep_writes_one_row_per_task(smoke, tmp_path):
     assert coverage == [{"block": "blocks.0", "factorized": ["blocks.0.attn.qkv", "blocks.0.attn.proj",
                                                               "blocks.0.mlp.fc1", "blocks.0.mlp.fc2"],
                          "dense": [], "missing": []}]
-    from effrank_utils import analysis
-    study = analysis.load_study(tmp_path)
+    from effrank_utils.report import analysis
+    study = load_study(tmp_path)
     assert analysis.summary(study, analysis.analyze(study), "teacher")["coverage"] == coverage
 
 

@@ -10,12 +10,12 @@ import sys
 import pytest
 import torch
 
-from effrank_utils.checkpoints import checkpoint_digest, load_checkpoint_into, unwrap
-from effrank_utils.data import load_data_for
-from effrank_utils.models import build_model
-from effrank_utils.presets import load_preset
-from effrank_utils.sweep import run_sweep
-from effrank_utils.teacher import LOADED, train_teacher
+from effrank_utils.run.entry import load_preset
+from effrank_utils.run.sweep import run_sweep
+from effrank_utils.run.teacher import LOADED, train_teacher
+from effrank_utils.training.checkpoints import checkpoint_digest, load_checkpoint_into, unwrap
+from effrank_utils.training.data import load_data_for
+from effrank_utils.training.models import build_model
 
 SETTINGS = dict(ranks=[1, 2, 4], student_epochs=1)
 

@@ -7,14 +7,14 @@ import torch
 import torchvision
 from timm.models.vision_transformer import VisionTransformer
 
-from effrank_utils.data import load_data_for, pipeline_for
-from effrank_utils.distill import DistillationLoss, feature_taps
-from effrank_utils.factorize import factorize
-from effrank_utils.presets import load_preset
-from effrank_utils.run_folder import Task
-from effrank_utils.students import train_students
-from effrank_utils.teacher import load_teacher, train_teacher
-from effrank_utils.training import Recipe, learning_rate
+from effrank_utils.lowrank.factorize import factorize
+from effrank_utils.records.run_folder import Task
+from effrank_utils.run.entry import load_preset
+from effrank_utils.run.students import train_students
+from effrank_utils.run.teacher import load_teacher, train_teacher
+from effrank_utils.training.data import load_data_for, pipeline_for
+from effrank_utils.training.distill import DistillationLoss, feature_taps
+from effrank_utils.training.loop import Recipe, learning_rate
 
 FAST_TEACHER = dict(embed_dim=48, depth=2, num_heads=4, crop_padding=0, teacher_epochs=20, teacher_lr=3e-3,
                     teacher_warmup_epochs=1, teacher_batch_size=32, ranks=[1, 2, 4, 8, 16, 32, 48])

@@ -1,0 +1,156 @@
+"""Has the estimate settled? The region and knee as a function of the students' training budget.
+
+From the per-epoch test accuracy every student recorded, the study is re-analyzed as if each student had been
+given ``b`` epochs (a student that stopped earlier keeps its last accuracy: it had converged), for budgets
+``E/2^k`` up to ``E``, the most epochs any student trained. The estimate is *converged* when r_lo, r_hi and the
+knee each moved less than ``max(0.5, 5%)`` of their rank over the last budget step (a doubling).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import pandas as pd
+
+from .curves import CROSSED, DEFAULT_BAND, QUANTITY_LABELS, EffectiveRankResult, effective_rank
+from .refine import tolerance
+
+ABSOLUTE_TOLERANCE = 0.5   # ranks
+RELATIVE_TOLERANCE = 0.05  # of the rank
+
+
+def budget_steps(max_epochs: int) -> list[int]:
+    """Budgets ``ceil(E / 2^k)`` for k = ..., 2, 1, 0, distinct and ascending: the last step is a doubling."""
+    if max_epochs < 1:
+        raise ValueError(f"max_epochs: must be >= 1, got {max_epochs}")
+    steps = {max_epochs}
+    budget = max_epochs
+    while budget > 1:
+        budget = math.ceil(budget / 2)
+        steps.add(budget)
+    return sorted(steps)
+
+
+def accuracy_at_budget(epochs: pd.DataFrame, budget: int) -> pd.DataFrame:
+    """Per (rank, seed): the test accuracy after ``min(budget, epochs it trained)`` epochs, as columns ``rank``,
+    ``seed``, ``epoch`` and ``test_accuracy``."""
+    within = epochs[epochs["epoch"] <= budget].sort_values(["rank", "seed", "epoch"])
+    return within.groupby(["rank", "seed"], as_index=False).tail(1)[["rank", "seed", "epoch", "test_accuracy"]]
+
+
+def _value(result: EffectiveRankResult, name: str) -> tuple[str, float | None]:
+    """A quantity's status and value: ``crossed``/``defined`` with the rank, else why it is missing."""
+    if name == "knee":
+        return ("defined", result.knee) if result.knee is not None else (result.knee_status, None)
+    crossing = getattr(result, name.removeprefix("region_"))
+    return crossing.status, crossing.rank if crossing.status == CROSSED else None
+
+
+@dataclass(frozen=True)
+class Movement:
+    """How far one quantity moved over the last budget step, and the tolerance it is held to."""
+
+    name: str
+    before: tuple[str, float | None]  # (status, value) at the previous budget
+    after: tuple[str, float | None]   # at the last budget
+
+    @property
+    def distance(self) -> float:
+        """|after - before| when both exist; 0 when both are missing for the same reason; inf otherwise."""
+        (status0, v0), (status1, v1) = self.before, self.after
+        if v0 is not None and v1 is not None:
+            return abs(v1 - v0)
+        return 0.0 if status0 == status1 else math.inf
+
+    @property
+    def tolerance(self) -> float:
+        value = self.after[1] if self.after[1] is not None else 0.0
+        return tolerance(value, ABSOLUTE_TOLERANCE, RELATIVE_TOLERANCE)
+
+    @property
+    def settled(self) -> bool:
+        return self.distance < self.tolerance
+
+    def describe(self) -> str:
+        label = QUANTITY_LABELS[self.name]
+        if math.isinf(self.distance):
+            show = lambda s: f"{s[1]:.2f}" if s[1] is not None else s[0]  # noqa: E731
+            return f"{label} changed from {show(self.before)} to {show(self.after)}"
+        return f"{label} moved {self.distance:.2f} (tolerance {self.tolerance:.2f})"
+
+
+def describe_missing(missing: Sequence[tuple[int, int]], shown: int = 6) -> str:
+    """``rank 4 seed 0, rank 8 seed 0`` (the first ``shown``, then how many more)."""
+    names = [f"rank {r} seed {s}" for r, s in missing]
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """Region and knee at each budget, and whether the last budget step moved them less than the tolerance. A
+    study with ``missing`` students (no result yet, or failed) is never converged."""
+
+    budgets: tuple[int, ...]
+    results: tuple[EffectiveRankResult, ...] = field(repr=False)
+    movements: tuple[Movement, ...]   # empty when there is a single budget
+    stop_reasons: Mapping[str, int]   # students by why they stopped (plateau, cap)
+    missing: tuple[tuple[int, int], ...] = ()  # (rank, seed) of the students the study lacks
+
+    @property
+    def converged(self) -> bool:
+        return not self.missing and bool(self.movements) and all(m.settled for m in self.movements)
+
+    def verdict(self) -> str:
+        """``converged`` or ``not converged: train longer (...)`` in words (or why the study is incomplete)."""
+        if self.missing:
+            return (f"not converged: the study is incomplete (no result for {describe_missing(self.missing)}); "
+                    "rerun the sweep to finish it")
+        if not self.movements:
+            return "not converged: train longer (one budget only; the students trained a single epoch)"
+        if self.converged:
+            return (f"converged (r_lo, r_hi and knee moved less than max({ABSOLUTE_TOLERANCE:g}, "
+                    f"{RELATIVE_TOLERANCE:.0%} of the rank) from {self.budgets[-2]} to {self.budgets[-1]} epochs)")
+        moved = "; ".join(m.describe() for m in self.movements if not m.settled)
+        return f"not converged: train longer ({moved} from {self.budgets[-2]} to {self.budgets[-1]} epochs)"
+
+    def table(self) -> pd.DataFrame:
+        """One line per budget: r_lo, r_hi and knee (NaN where missing)."""
+        return pd.DataFrame([{"budget": b, **{n: _value(r, n)[1] for n in QUANTITY_LABELS}}
+                             for b, r in zip(self.budgets, self.results)]).astype(float).astype({"budget": int})
+
+    def to_dict(self) -> dict:
+        """JSON-ready: ``converged``, ``verdict``, the budgets and the region/knee at each, the last step's
+        movements and the students' stop reasons."""
+        return {"converged": self.converged, "verdict": self.verdict(), "budgets": list(self.budgets),
+                "at_budget": [{"budget": b, **{n: _value(r, n)[1] for n in QUANTITY_LABELS},
+                               **{f"{n}_status": _value(r, n)[0] for n in QUANTITY_LABELS}}
+                              for b, r in zip(self.budgets, self.results)],
+                "last_step": {m.name: {"distance": None if math.isinf(m.distance) else m.distance,
+                                       "tolerance": m.tolerance, "settled": m.settled} for m in self.movements},
+                "tolerance": {"absolute": ABSOLUTE_TOLERANCE, "relative": RELATIVE_TOLERANCE},
+                "stop_reasons": dict(self.stop_reasons), "missing": [list(t) for t in self.missing]}
+
+
+def convergence(epochs: pd.DataFrame, reference: float | str, band: Sequence[float] = DEFAULT_BAND,
+                stop_reasons: Sequence[str | None] = (), missing: Sequence[tuple[int, int]] = ()) -> Convergence:
+    """Region and knee at budgets ``E/2^k .. E`` from per-epoch records (columns ``rank``, ``seed``, ``epoch``,
+    ``test_accuracy``), and whether the last step moved them less than the tolerance.
+
+    ``reference`` is an accuracy, or ``"best_student"`` (then the best student *at each budget*).
+    ``stop_reasons`` (one per student) are counted for the record; ``missing`` (rank, seed) students make the
+    estimate not converged whatever it moved.
+    """
+    if epochs.empty:
+        raise ValueError("epochs: no per-epoch records; the students' histories are needed")
+    budgets = budget_steps(int(epochs["epoch"].max()))
+    results = []
+    for budget in budgets:
+        at = accuracy_at_budget(epochs, budget)
+        results.append(effective_rank(at["rank"], at["test_accuracy"], reference, band, n_bootstrap=0))
+    movements = () if len(results) < 2 else tuple(
+        Movement(name, _value(results[-2], name), _value(results[-1], name)) for name in QUANTITY_LABELS)
+    counts = pd.Series([r for r in stop_reasons if isinstance(r, str)], dtype=object).value_counts()
+    return Convergence(tuple(budgets), tuple(results), movements, {str(k): int(v) for k, v in counts.items()},
+                       tuple((int(r), int(s)) for r, s in missing))

@@ -1,0 +1,71 @@
+"""The checks a config passes before any compute, beyond its own field checks: the names of the extension points
+against their implementations (registries), then this machine, the data source and the architecture (built on
+the meta device, no weights). Same messages as the config's own: the field, the value and what is allowed."""
+
+from __future__ import annotations
+
+from ..lowrank.factorize import INITS, resolve_targets
+from ..records.config import CUSTOM_PRESET, StudyConfig, config_from_dict
+from ..training.data import DATASETS, check_source
+from ..training.distill import LOSSES
+from ..training.loop import SCHEDULES
+from ..training.models import check_model, check_teacher_checkpoint, rank_limit
+from .executors import EXECUTORS
+from .presets import PRESETS
+
+
+def _registries() -> dict[str, tuple[str, ...]]:
+    """The names each extension point accepts, from the modules that implement them."""
+    return {"dataset": tuple(DATASETS), "loss": tuple(LOSSES), "executor": tuple(EXECUTORS), "init": tuple(INITS),
+            "preset": (*PRESETS, CUSTOM_PRESET), "teacher_schedule": tuple(SCHEDULES),
+            "student_schedule": tuple(SCHEDULES)}
+
+
+def check_registries(config: StudyConfig) -> None:
+    """Refuse a name no implementation answers to (dataset, loss, init, schedules, executor, preset, targets),
+    and settings an implementation cannot honour together."""
+    for name, allowed in _registries().items():
+        if getattr(config, name) not in allowed:
+            raise ValueError(f"{name}: unknown value {getattr(config, name)!r}; allowed: {', '.join(allowed)}")
+    resolve_targets(list(config.targets))
+    if config.cache_teacher and LOSSES[config.loss].needs_block_outputs:
+        raise ValueError(f"cache_teacher: the teacher cache holds logits only; the {config.loss} loss needs block "
+                         "outputs (use loss kd or logits, or cache_teacher=False)")
+
+
+def check_runnable(config: StudyConfig) -> None:
+    """Checks against this machine and the architecture, before any compute: the data source, the device, the
+    model (built on the meta device, no weights) and the ranks against its layer widths."""
+    classes, channels = check_source(config.dataset, config.data_root, config.download)
+    if config.train_subset is not None and classes is not None and config.train_subset < classes:
+        raise ValueError(f"train_subset: {config.train_subset} is smaller than the number of classes ({classes}); "
+                         "a class-balanced subset needs at least one image per class")
+    if config.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise ValueError("device: 'cuda' was asked for but no CUDA device is available; use 'auto' or 'cpu'")
+    check_model(config, channels)
+    if config.teacher_checkpoint is not None:
+        check_teacher_checkpoint(config, classes, channels)
+    limit = rank_limit(config, channels)
+    bad = [r for r in config.ranks if r > limit]
+    if len(bad) == 1:
+        raise ValueError(f"ranks: {bad[0]} exceeds the layer dimension; allowed: 1..{limit} (the smallest "
+                         f"targeted layer of {config.model})")
+    if bad:
+        raise ValueError(f"ranks: {bad} exceed the layer dimension; allowed: 1..{limit} (the smallest targeted "
+                         f"layer of {config.model})")
+
+
+def preflight(config: StudyConfig, check_environment: bool = True) -> StudyConfig:
+    """``config`` once it passed :func:`check_registries` and (``check_environment``) :func:`check_runnable`."""
+    check_registries(config)
+    if check_environment:
+        check_runnable(config)
+    return config
+
+
+def make_config(values: dict, check_environment: bool = True) -> StudyConfig:
+    """A :class:`StudyConfig` from a dict, checked field by field, against the registries and (``check_environment``)
+    against this machine, the data source and the architecture; unknown keys are refused by name."""
+    return preflight(config_from_dict(values), check_environment)

@@ -11,14 +11,14 @@ RUN ?= $(RESULTS)/$(PRESET)
 ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install test reproduce lab dashboard bench bench-paper browser clean strip
+.PHONY: install test reproduce lab dashboard bench bench-paper browser constraints clean strip
 
 install: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -r requirements.txt
-	$(BIN)/pip install --quiet -e '.[ray]'  # the package (editable) and the optional Ray extra
+	$(BIN)/pip install --quiet -e '.[ray,tracking]'  # the package (editable), the Ray and tracking extras
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (effrank)"
 	$(BIN)/python -c "from effrank_utils.cli import write_lab_settings; write_lab_settings()"  # widgets saved with notebooks
 	touch $(STAMP)
@@ -43,6 +43,10 @@ bench: install
 
 bench-paper: install  # the paper's protocol on a GPU (ARGS=--tiny checks it on a CPU)
 	$(BIN)/python bench/paper_gpu.py $(ARGS)
+
+constraints: install  # after a green `make test`: record the versions it passed with (pip install -c constraints.txt)
+	{ echo "# The versions the test suite last passed with: pip install -r requirements.txt -c constraints.txt"; \
+	  $(BIN)/pip freeze --exclude-editable | LC_ALL=C sort -f; } > constraints.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache

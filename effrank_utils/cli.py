@@ -1,5 +1,5 @@
-"""The ``effrank`` command: ``reproduce`` (the notebooks), ``sweep`` (no notebooks), ``analyze``, ``compare``,
-``dashboard`` (the analysis as a web page) and ``lab``.
+"""The effrank command: reproduce (the notebooks), sweep (no notebooks), analyze, compare, dashboard (the
+analysis as a web page), export (to MLflow), fields (every config field) and lab.
 
 A user error (a bad parameter, a run folder of another study, a damaged file) ends the command with one line
 on stderr and exit status 2, before any compute where it can be known then; Ctrl-C ends it with one line and
@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from .estimate.curves import DEFAULT_BAND
+from .records.config import ROLES
 from .records.run_folder import DEFAULT_RESULTS
 from .report.dashboard import DEFAULT_PORT
 from .report.reproduce import DEFAULT_NOTEBOOK_DIR
-from .run.presets import PRESETS, parse_assignment
+from .run.presets import DEFAULT_PRESET, PRESETS, parse_assignment
 
 if TYPE_CHECKING:
     from .records.config import StudyConfig
@@ -31,15 +32,36 @@ EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 
 
+def _log_options(parser: argparse.ArgumentParser, default: int) -> None:
+    levels = parser.add_mutually_exclusive_group()
+    levels.add_argument("-q", "--quiet", dest="log_level", action="store_const", const=logging.WARNING,
+                        default=default, help="log warnings and errors only"
+                                              + (" (default: progress too)" if default < logging.WARNING else ""))
+    levels.add_argument("-v", "--verbose", dest="log_level", action="store_const", const=logging.DEBUG,
+                        help="log everything, debugging details included")
+
+
 def _study_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="demo", help=f"one of: {', '.join(PRESETS)} (default: demo)")
+    parser.add_argument("--preset", default=None,
+                        help=f"one of: {', '.join(PRESETS)} (default: the --config file's, else {DEFAULT_PRESET})")
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="config fields from a JSON or YAML file; a run folder's config.json reruns that study "
+                             "(--set still overrides)")
     parser.add_argument("--results", default=DEFAULT_RESULTS, type=Path,
                         help=f"results folder (default: {DEFAULT_RESULTS})")
     parser.add_argument("--run-dir", type=Path, help="run folder (default: <results>/<preset>)")
     parser.add_argument("--set", dest="overrides", action="append", type=parse_assignment, default=[],
-                        metavar="FIELD=VALUE", help="override a config field (repeatable), e.g. --set ranks=[1,2,4]")
+                        metavar="FIELD=VALUE", help="override a config field (repeatable), e.g. --set ranks=[1,2,4] "
+                                                    "--set amp=true; effrank fields lists them all")
     parser.add_argument("--fresh", action="store_true",
                         help="delete the run folder first (only an effrank run folder inside --results)")
+
+
+def _study_input(args: argparse.Namespace) -> tuple[str, dict]:
+    """The preset and the field values the options give: the --config file's, then the --set ones."""
+    from .run.entry import read_config_file
+    given = read_config_file(args.config) if args.config else {}
+    return args.preset or given.get("preset") or DEFAULT_PRESET, given | dict(args.overrides)
 
 
 def _open(args: argparse.Namespace) -> tuple["StudyConfig", Path]:
@@ -48,7 +70,7 @@ def _open(args: argparse.Namespace) -> tuple["StudyConfig", Path]:
     from .records.run_folder import check_config, check_folder_path, remove_run_folder
     from .run.entry import open_study
     check_folder_path(args.results, "--results")
-    config, run_dir = open_study(args.preset, dict(args.overrides), args.run_dir, args.results)
+    config, run_dir = open_study(*_study_input(args), args.run_dir, args.results)
     run_dir = run_dir.resolve()
     check_folder_path(run_dir, "run_dir")
     if args.fresh:
@@ -78,23 +100,31 @@ def _reproduce(args: argparse.Namespace) -> int:
     print(f"effrank: preset {config.preset!r} -> {run_dir}", flush=True)
     try:
         timeout = CELL_TIMEOUTS if args.cell_timeout is None else (args.cell_timeout or None)
-        run_notebooks(args.preset, run_dir, dict(args.overrides), kernel_name=args.kernel, cell_timeout=timeout)
+        preset, overrides = _study_input(args)
+        run_notebooks(preset, run_dir, overrides, kernel_name=args.kernel, cell_timeout=timeout)
     except NotebookFailed as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(f"\nresults: {run_dir}\n  notebooks/  executed notebooks\n  teacher.pt  teacher checkpoint\n"
           f"  sweep.csv   one row per student\n  figures/    PNG and SVG figures\n  summary.json\n"
           f"{headline(run_dir)}")
+    _print_curves_hint(run_dir)
     return _report_failures(run_dir)
 
 
 def _sweep(args: argparse.Namespace) -> int:
     from .run.sweep import run_sweep
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config, run_dir = _open(args)
     table = run_sweep(config, run_dir)
     print(table.drop(columns=["failure"]).to_string(index=False))
+    _print_curves_hint(run_dir)
     return _report_failures(run_dir)
+
+
+def _print_curves_hint(run_dir: Path) -> None:
+    from .records.run_folder import TENSORBOARD_DIR
+    if (run_dir / TENSORBOARD_DIR).is_dir():
+        print(f"curves: tensorboard --logdir {run_dir / TENSORBOARD_DIR}")
 
 
 def _analyze(args: argparse.Namespace) -> int:
@@ -112,14 +142,20 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .report.compare import check_out_dir, comparison_table, estimator_warnings, load_studies, save_comparison
+    from .report.compare import (
+        check_out_dir,
+        comparison_table,
+        comparison_warnings,
+        load_studies,
+        save_comparison,
+    )
     check_out_dir(args.out, args.run_dirs)
     compared = load_studies(args.run_dirs, args.labels)
     table = comparison_table(compared)
     shown = ["study", "model", "teacher_accuracy", "teacher_params", "r_lo", "r_hi", "knee", "converged", "init",
              "loss", "targets", "student_epochs"]
     print(table[shown].to_string(index=False))
-    for line in estimator_warnings(compared):
+    for line in comparison_warnings(compared):
         print(f"warning: {line}")
     print("saved:", *save_comparison(compared, args.out), sep="\n  ")
     return 0
@@ -146,6 +182,30 @@ def _dashboard(args: argparse.Namespace) -> int:
         return subprocess.call(voila_command(notebook, args.port), env={**os.environ, TOKEN_ENV: token})
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .report.export import export_mlflow, tracking_uri
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        raise ValueError("--mlflow: MLflow is not installed: pip install -e '.[tracking]'") from None
+    uri = tracking_uri(args.mlflow or None)
+    run_id = export_mlflow(args.run_dir, uri, args.experiment)
+    print(f"exported {args.run_dir} as MLflow run {run_id} (experiment {args.experiment!r}) at {uri}\n"
+          f"  view it: mlflow ui --backend-store-uri {uri}")
+    return 0
+
+
+def _fields(args: argparse.Namespace) -> int:
+    from .run.preflight import field_table
+    table = field_table()
+    if args.role:
+        table = table[table["role"] == args.role]
+    widths = {c: max(len(c), *(len(str(v)) for v in table[c])) for c in table.columns}
+    for row in [dict(zip(table.columns, table.columns)), *table.to_dict(orient="records")]:
+        print("  ".join(str(row[c]).ljust(widths[c]) for c in table.columns).rstrip())
+    return 0
+
+
 WIDGETS_PLUGIN = "@jupyter-widgets/jupyterlab-manager:plugin"
 
 
@@ -164,6 +224,7 @@ def write_lab_settings(prefix: str | Path = sys.prefix) -> Path:
 
 def _lab(args: argparse.Namespace) -> int:
     write_lab_settings()
+    print("live curves of a study: tensorboard --logdir results/<run>/tensorboard", flush=True)
     command = [sys.executable, "-m", "jupyter", "lab", f"--notebook-dir={args.notebook_dir}"]
     if os.geteuid() == 0:
         command.append("--allow-root")
@@ -171,9 +232,11 @@ def _lab(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``effrank`` argument parser with its subcommands."""
+    """The effrank argument parser with its subcommands."""
+    from .version import __version__
     parser = argparse.ArgumentParser(prog="effrank", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"effrank {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     reproduce = commands.add_parser("reproduce", help="run the study's notebooks headlessly (papermill)",
@@ -217,10 +280,29 @@ def build_parser() -> argparse.ArgumentParser:
                            help=f"default: {DEFAULT_PORT}; a port in use is refused, not replaced")
     dashboard.set_defaults(run=_dashboard)
 
+    export = commands.add_parser("export", help="file a run folder's study in an experiment tracker (MLflow)",
+                                 description="One MLflow run per study: config as parameters and tags, region, knee "
+                                             "and convergence as metrics, accuracy against rank as a series, "
+                                             "summary.json, sweep.csv and the figures as artifacts. Exporting again "
+                                             "updates the same run.")
+    export.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    export.add_argument("--mlflow", nargs="?", const="", required=True, metavar="TRACKING_URI",
+                        help="an MLflow tracking URI (e.g. sqlite:///mlflow.db) or a local folder (default: mlruns/)")
+    export.add_argument("--experiment", default="effrank", help="the MLflow experiment (default: effrank)")
+    export.set_defaults(run=_export)
+
+    fields = commands.add_parser("fields", help="every config field: role, type, default, allowed values, meaning",
+                                 description="The fields --set, --config and the notebooks' overrides accept, from "
+                                             "the schema the validation uses.")
+    fields.add_argument("--role", choices=sorted(ROLES), help="only the fields of this role")
+    fields.set_defaults(run=_fields)
+
     lab = commands.add_parser("lab", help="open JupyterLab on the notebooks")
     lab.add_argument("--notebook-dir", type=Path, default=DEFAULT_NOTEBOOK_DIR, help=f"default: {DEFAULT_NOTEBOOK_DIR}")
     lab.add_argument("jupyter_args", nargs=argparse.REMAINDER, help="passed on to jupyter lab")
     lab.set_defaults(run=_lab)
+    for name, command in commands.choices.items():
+        _log_options(command, logging.INFO if name in ("reproduce", "sweep") else logging.WARNING)
     return parser
 
 
@@ -233,6 +315,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``effrank`` command; returns its exit status."""
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)

@@ -85,7 +85,7 @@ BAD = [
     ({"device": "tpu"}, "device: unknown value 'tpu'; allowed: auto, cpu, cuda"),
     ({"patch_size": 3}, "patch_size: 3 does not divide image_size 8"),
     ({"num_heads": 3}, "num_heads: 3 does not divide embed_dim 16"),
-    ({"hflip": "yes"}, "hflip: must be true or false"),
+    ({"hflip": "maybe"}, "hflip: must be true or false"),
     ({"model": "vit_b_32", "image_size": 32}, "image_size: vit_b_32 takes 224-pixel input"),
     ({"ranks": [1]}, r"ranks: at least 2 ranks are needed for a curve, got \[1\]"),
     ({"mlp_ratio": 0.25}, r"ranks: 8 exceeds the layer dimension; allowed: 1\.\.4"),

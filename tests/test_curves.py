@@ -113,3 +113,19 @@ def test_sensitivity_table_moves_with_reference():
 def test_bad_input_is_refused(ranks, acc, ref, band, match):
     with pytest.raises(ValueError, match=match):
         effective_rank(ranks, acc, ref, band)
+
+
+# The author's recorded accuracies (%) of the paper's ViT-B/32 students on CIFAR-100, and its teacher.
+AUTHOR_RANKS = [2, 4, 8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256]
+AUTHOR_ACCURACY = [19.53, 32.15, 48.69, 62.68, 67.01, 69.46, 71.17, 72.23, 72.67, 72.57, 72.56, 72.69, 73.28, 72.96,
+                   73.43, 72.96]
+AUTHOR_TEACHER = 73.35
+
+
+def test_the_authors_accuracies_give_the_papers_headline():
+    result = effective_rank(AUTHOR_RANKS, AUTHOR_ACCURACY, AUTHOR_TEACHER)
+    assert round(result.region_low) == 16 and round(result.region_high) == 33  # the paper: [16, 34]
+    assert abs(result.region_high - 34) < 1 and round(result.knee) == 31       # the paper: knee 31
+    best = effective_rank(AUTHOR_RANKS, AUTHOR_ACCURACY, "best_student")
+    assert best.reference == 73.43 and round(best.region_low) == 16 and round(best.region_high) == 34
+    assert round(best.knee) == 31

@@ -8,10 +8,11 @@ that defines the teacher or the students is part of it, so a new field cannot be
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..estimate.curves import DEFAULT_BAND, REFERENCE_CHOICES, validate_band
 
@@ -58,7 +59,7 @@ class StudyConfig:
     teacher_checkpoint: str | None = _field("input", None, "a trained teacher's weights (state_dict): loaded, not "
                                                            "trained")
     image_size: int = _field("teacher", 8, "model input size; batches are resized to it when it differs")
-    patch_size: int = _field("teacher", 2, "small_vit only, as are the next four")
+    patch_size: int = _field("teacher", 2, "small_vit: patch size in pixels")
     embed_dim: int = _field("teacher", 64, "small_vit: token width")
     depth: int = _field("teacher", 4, "small_vit: transformer blocks")
     num_heads: int = _field("teacher", 4, "small_vit: attention heads")
@@ -79,7 +80,7 @@ class StudyConfig:
     loss: str = _field("student", "kd", "kd, geometric or logits")
     kd_temperature: float = _field("student", 4.0, "kd: softmax temperature")
     kd_alpha: float = _field("student", 0.5, "kd: alpha * KD + (1 - alpha) * CE")
-    targets: tuple[str, ...] = _field("student", ("all",), "the linear maps factorized (all, attention, mlp, ...)")
+    targets: tuple[str, ...] = _field("student", ("all",), "the linear maps of each block that are factorized")
     student_epochs: int = _field("student", 20, "student training epochs (the cap with patience)")
     student_lr: float = _field("student", 1e-3, "student AdamW learning rate")
     student_weight_decay: float = _field("student", 0.01, "student AdamW weight decay")
@@ -102,6 +103,8 @@ class StudyConfig:
                                                         "start one)")
     sweep_mode: str = _field("sweep", "grid", "grid: the listed ranks; adaptive: refine crossings and knee")
     refine_rounds: int = _field("sweep", 4, "adaptive: rounds of added ranks at most")
+    tensorboard: bool | None = _field("execution", None, "per-epoch curves in <run>/tensorboard/ (default: on when "
+                                                         "the tensorboard package is installed)")
     # analysis
     band: tuple[float, float] = _field("analysis", DEFAULT_BAND, "fractions of the reference accuracy")
     reference: str | float = _field("analysis", "teacher", "teacher, best_student or an accuracy")
@@ -131,6 +134,7 @@ def fields_with_role(role: str, cls: type = StudyConfig) -> tuple[str, ...]:
 
 
 FIELD_NAMES = tuple(f.name for f in fields(StudyConfig))
+BOOLEAN_FIELDS = tuple(f.name for f in fields(StudyConfig) if f.type == "bool")
 TEACHER_FIELDS = fields_with_role("teacher")
 STUDENT_FIELDS = fields_with_role("student")
 STUDY_FIELDS = TEACHER_FIELDS + STUDENT_FIELDS  # what a study's results depend on (with the data's content)
@@ -154,6 +158,19 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ValueError(f"{name}: unknown value {value!r}; allowed: {', '.join(allowed)}")
     return value
+
+
+BOOLEAN_WORDS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
+
+
+def _boolean(name: str, value: Any) -> bool:
+    """``True``/``False``, or one of :data:`BOOLEAN_WORDS` (any case) as typed on a command line or in a file."""
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower() if isinstance(value, (str, int)) else None
+    if word not in BOOLEAN_WORDS:
+        raise ValueError(f"{name}: must be true or false (or yes/no, 1/0), got {value!r}")
+    return BOOLEAN_WORDS[word]
 
 
 def _int_list(name: str, value: Any, allow_zero: bool = False) -> tuple[int, ...]:
@@ -208,9 +225,10 @@ def _validate_fields(values: dict) -> dict:
         raise ValueError(f"validation_fraction: must lie in [0, 0.5), got {v['validation_fraction']!r}")
     if v["kd_alpha"] > 1:
         raise ValueError(f"kd_alpha: must lie in [0, 1], got {v['kd_alpha']!r}")
-    for name in ("download", "hflip", "pretrained", "amp", "cache_teacher"):
-        if not isinstance(v[name], bool):
-            raise ValueError(f"{name}: must be true or false, got {v[name]!r}")
+    for name in BOOLEAN_FIELDS:
+        v[name] = _boolean(name, v[name])
+    if v["tensorboard"] is not None:
+        v["tensorboard"] = _boolean("tensorboard", v["tensorboard"])
     v["ranks"] = _int_list("ranks", v["ranks"])
     if len(v["ranks"]) < 2:
         raise ValueError(f"ranks: at least 2 ranks are needed for a curve, got {list(v['ranks'])}")
@@ -255,8 +273,9 @@ def config_from_dict(values: dict) -> StudyConfig:
     registries, the machine, the data source and the architecture."""
     unknown = sorted(set(values) - set(FIELD_NAMES))
     if unknown:
-        raise ValueError(f"unknown config field(s) {', '.join(map(repr, unknown))}; known fields: "
-                         + ", ".join(FIELD_NAMES))
+        raise ValueError(f"unknown config field(s) {', '.join(map(repr, unknown))}"
+                         + "".join(f"; did you mean {near!r}?" for near in nearest(unknown[0], FIELD_NAMES))
+                         + " (effrank fields lists every field)")
     merged = {f.name: f.default for f in fields(StudyConfig)} | dict(values)
     config = StudyConfig(**_validate_fields(merged))
     _validate_combination(config)
@@ -268,6 +287,11 @@ def config_from_json(data: dict) -> StudyConfig:
     again and fields are checked; names, the machine and the data source are not (a finished study can be
     analyzed anywhere, without loading the training side)."""
     return config_from_dict(data)
+
+
+def nearest(name: str, known: Sequence[str]) -> list[str]:
+    """The known name closest to a mistyped ``name``, if one is close (at most one)."""
+    return difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
 
 
 def diff(saved: dict, current: dict, names: tuple[str, ...]) -> dict[str, tuple[Any, Any]]:

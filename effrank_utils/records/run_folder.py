@@ -10,6 +10,7 @@ Layout::
     tasks/<task>.lock      held while a process trains that task
     tasks/state_*.pt       resumable checkpoint of a group of students being trained
     teacher_cache/         fp16 teacher logits per epoch (``cache_teacher``)
+    tensorboard/           per-epoch curves of the teacher and each student, and the study's curve (``tensorboard``)
     sweep.csv              all finished rows, sorted by (rank, seed), rebuilt atomically after every task
     epochs.csv             every student's per-epoch loss, validation and test accuracy (rebuilt with sweep.csv)
     coverage.json          per block: which linear maps the students factorize and which stay dense
@@ -74,7 +75,8 @@ TEACHER_LOCK = "teacher.lock"
 TEACHER_CACHE_DIR = "teacher_cache"
 FIGURE_DIR = "figures"
 NOTEBOOK_DIR = "notebooks"
-RUN_FOLDER_DIRS = frozenset({TASK_DIR, TEACHER_CACHE_DIR, FIGURE_DIR, NOTEBOOK_DIR})
+TENSORBOARD_DIR = "tensorboard"
+RUN_FOLDER_DIRS = frozenset({TASK_DIR, TEACHER_CACHE_DIR, FIGURE_DIR, NOTEBOOK_DIR, TENSORBOARD_DIR})
 RUN_FOLDER_FILES = frozenset({CONFIG_JSON, SWEEP_CSV, EPOCHS_CSV, SUMMARY_JSON, COVERAGE_JSON, SPECTRA_CSV,
                               SPECTRA_JSON, RUN_LOCK, TEACHER_FILE, TEACHER_JSON, TEACHER_STATE_FILE,
                               TEACHER_METRICS_CSV, TEACHER_LOCK})
@@ -220,10 +222,12 @@ def check_config(run_dir: str | Path, config: StudyConfig) -> None:
         check_same_study(f"run_dir: {run_dir}", read_record(run_dir)["config"], None, config, None)
 
 
-def prepare_run(config: StudyConfig, run_dir: str | Path, data_fingerprint: str) -> Path:
+def prepare_run(config: StudyConfig, run_dir: str | Path, data_fingerprint: str,
+                environment: dict | None = None) -> Path:
     """Check that ``run_dir`` is writable and either new (or empty) or made by the same study -- its
     ``config.json``, its teacher and its rows, all before anything is written --; clean up what an interrupted
-    write left; save ``config.json``. Serialized between processes, so two studies never share a folder.
+    write left; save ``config.json`` (with the ``environment`` this run computes in). Serialized between
+    processes, so two studies never share a folder.
 
     Ranks, seeds, band, reference and execution settings may change between runs of one study (a sweep can be
     extended); the fields that define the teacher and the students, and the data, may not.
@@ -241,15 +245,24 @@ def prepare_run(config: StudyConfig, run_dir: str | Path, data_fingerprint: str)
         check_rows(run_dir, study_identity(config, data_fingerprint))
         remove_stale_temporaries(run_dir, RUN_FOLDER_NAMES)
         remove_stale_temporaries(run_dir / TASK_DIR)
-        write_record(run_dir, config, data_fingerprint)
+        write_record(run_dir, config, data_fingerprint, environment)
     return run_dir
 
 
-def write_record(run_dir: str | Path, config: StudyConfig, data_fingerprint: str) -> Path:
-    """Write ``config.json``: who wrote it, the config, the data fingerprint and the study identity."""
-    return write_json(Path(run_dir) / CONFIG_JSON, {
+def write_record(run_dir: str | Path, config: StudyConfig, data_fingerprint: str,
+                 environment: dict | None = None) -> Path:
+    """Write ``config.json``: who wrote it, the config, the data fingerprint, the study identity, and what it was
+    computed with: ``environment`` (this run's library versions, threads, device and commit) and every distinct
+    environment that has computed into the folder (``environments``, oldest first)."""
+    path = Path(run_dir) / CONFIG_JSON
+    seen = read_record(run_dir).get("environments", []) if path.exists() else []
+    if environment is not None and environment not in seen:
+        seen = [*seen, environment]
+    return write_json(path, {
         "written_by": WRITTEN_BY, "version": __version__, "identity": study_identity(config, data_fingerprint),
-        "data_fingerprint": data_fingerprint, "config": config.to_dict()})
+        "data_fingerprint": data_fingerprint, "config": config.to_dict(),
+        "environment": environment if environment is not None else (seen[-1] if seen else None),
+        "environments": seen})
 
 
 def load_run_config(run_dir: str | Path) -> StudyConfig:

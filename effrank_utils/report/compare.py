@@ -87,6 +87,35 @@ def estimator_warnings(compared: Sequence[Compared]) -> list[str]:
     return lines
 
 
+#: What a result was computed with besides its config (:mod:`effrank_utils.run.provenance`): studies that differ in
+#: one of these may differ in the last digits, or more.
+ENVIRONMENT_FIELDS = ("effrank", "torch", "torchvision", "timm", "numpy", "torch_threads", "device", "commit")
+
+
+def environment_warnings(compared: Sequence[Compared]) -> list[str]:
+    """One line per environment field whose value differs between the studies (their last runs), and one per study
+    computed under several environments."""
+    lines = []
+    last = [c.study.environments[-1] if c.study.environments else {} for c in compared]
+    for name in ENVIRONMENT_FIELDS:
+        seen = [env.get(name) for env in last]
+        if any(s != seen[0] for s in seen[1:]):
+            shown = ", ".join(f"{c.label}: {v!r}" for c, v in zip(compared, seen))
+            lines.append(f"{name} differs ({shown}): results may differ for that reason alone")
+    for c in compared:
+        if len(c.study.environments) > 1:
+            differ = sorted({k for env in c.study.environments for k in ENVIRONMENT_FIELDS
+                             if env.get(k) != c.study.environments[0].get(k)})
+            lines.append(f"{c.label} was computed under {len(c.study.environments)} environments (they differ in "
+                         f"{', '.join(differ)}): its students may not be comparable with each other")
+    return lines
+
+
+def comparison_warnings(compared: Sequence[Compared]) -> list[str]:
+    """Every reason the studies' numbers are not directly comparable: the estimator, then the environment."""
+    return estimator_warnings(compared) + environment_warnings(compared)
+
+
 def comparison_table(compared: Sequence[Compared]) -> pd.DataFrame:
     """One line per study: data and model, teacher accuracy and size, region, knee, intervals, convergence and
     the estimator."""
@@ -144,6 +173,6 @@ def save_comparison(compared: Sequence[Compared], out_dir: str | Path) -> list[P
     paths = save_figure(plot_comparison(compared), out_dir, "comparison")
     table = comparison_table(compared).replace({np.nan: None})
     paths.append(write_json(out_dir / "comparison.json", {
-        "run_dirs": [str(c.study.run_dir) for c in compared], "warnings": estimator_warnings(compared),
+        "run_dirs": [str(c.study.run_dir) for c in compared], "warnings": comparison_warnings(compared),
         "table": table.to_dict(orient="records")}))
     return paths

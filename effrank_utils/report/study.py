@@ -12,14 +12,14 @@ import pandas as pd
 
 from ..base.storage import read_json
 from ..estimate.convergence import describe_missing
-from ..records.config import StudyConfig
+from ..records.config import StudyConfig, config_from_json
 from ..records.run_folder import (
     EPOCH_COLUMNS,
     TEACHER_JSON,
     Task,
-    load_run_config,
     missing_tasks,
     read_epochs,
+    read_record,
     read_spectra,
     read_sweep,
 )
@@ -40,6 +40,7 @@ class Study:
     # per-epoch records of the successful rows (empty for sweeps made without them)
     spectra: tuple[pd.DataFrame, dict] | None = None  # the teacher's per-map table and singular values, if saved
     missing: tuple[Task, ...] = ()  # students the study asks for without a successful row (not yet, or failed)
+    environments: tuple[dict, ...] = ()  # what computed into it (versions, threads, device, commit), oldest first
 
     @property
     def complete(self) -> bool:
@@ -89,10 +90,11 @@ def load_study(run_dir: str | Path) -> Study:
                          "needed for a curve (run the sweep)")
     epochs = read_epochs(run_dir)
     epochs = epochs.merge(ok[["rank", "seed"]], on=["rank", "seed"])  # rows that later failed or were redone
-    config = load_run_config(run_dir)
+    record = read_record(run_dir)
+    config = config_from_json(record["config"])
     return Study(run_dir, config, float(teacher["accuracy"]), ok.reset_index(drop=True),
                  failed.reset_index(drop=True), epochs, read_spectra(run_dir),
-                 tuple(missing_tasks(run_dir, config, table)))
+                 tuple(missing_tasks(run_dir, config, table)), tuple(record.get("environments", ())))
 
 
 def load_finished_study(run_dir: str | Path) -> Study:

@@ -4,14 +4,21 @@ the meta device, no weights). Same messages as the config's own: the field, the 
 
 from __future__ import annotations
 
-from ..lowrank.factorize import INITS, resolve_targets
-from ..records.config import CUSTOM_PRESET, StudyConfig, config_from_dict
+import dataclasses
+import json
+
+import pandas as pd
+
+from ..estimate.curves import REFERENCE_CHOICES
+from ..lowrank.factorize import INITS, TARGET_ALIASES, TARGETS, resolve_targets
+from ..records.config import BOOLEAN_FIELDS, CUSTOM_PRESET, FIXED_CHOICES, StudyConfig, config_from_dict
 from ..training.data import DATASETS, check_source
 from ..training.distill import LOSSES
 from ..training.loop import SCHEDULES
 from ..training.models import check_model, check_teacher_checkpoint, rank_limit
 from .executors import EXECUTORS
 from .presets import PRESETS
+from .tensorboard import enabled as tensorboard_enabled
 
 
 def _registries() -> dict[str, tuple[str, ...]]:
@@ -45,6 +52,7 @@ def check_runnable(config: StudyConfig) -> None:
         if not torch.cuda.is_available():
             raise ValueError("device: 'cuda' was asked for but no CUDA device is available; use 'auto' or 'cpu'")
     check_model(config, channels)
+    tensorboard_enabled(config)  # asked for but not installed: refused now, not after the teacher trained
     if config.teacher_checkpoint is not None:
         check_teacher_checkpoint(config, classes, channels)
     limit = rank_limit(config, channels)
@@ -63,6 +71,18 @@ def preflight(config: StudyConfig, check_environment: bool = True) -> StudyConfi
     if check_environment:
         check_runnable(config)
     return config
+
+
+def field_table() -> pd.DataFrame:
+    """Every config field: name, role, type, default, allowed values and its meaning, from the schema and the
+    registries the checks use (what ``effrank fields`` prints)."""
+    choices = FIXED_CHOICES | _registries() | {name: ("true", "false") for name in BOOLEAN_FIELDS}
+    choices["targets"] = (*TARGETS, *TARGET_ALIASES)
+    choices["reference"] = (*REFERENCE_CHOICES, "a number")
+    return pd.DataFrame([{"field": f.name, "role": f.metadata["role"], "type": str(f.type),
+                          "default": json.dumps(list(f.default) if isinstance(f.default, tuple) else f.default),
+                          "allowed": ", ".join(choices.get(f.name, ())), "meaning": f.metadata["help"]}
+                         for f in dataclasses.fields(StudyConfig)])
 
 
 def make_config(values: dict, check_environment: bool = True) -> StudyConfig:

@@ -15,6 +15,8 @@ import ast
 import os
 from typing import Any
 
+from ..records.config import nearest
+
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(
         dataset="digits", train_subset=300, image_size=8, patch_size=4, embed_dim=16, depth=1, num_heads=2,
@@ -48,6 +50,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
+DEFAULT_PRESET = "demo"  # what `effrank reproduce` and `make reproduce` run without --preset
+
 #: Environment variable that points presets at a local CIFAR-10 ImageFolder tree (train/ and test/).
 CIFAR10_FOLDER_ENV = "EFFRANK_CIFAR10_FOLDER"
 
@@ -55,7 +59,9 @@ CIFAR10_FOLDER_ENV = "EFFRANK_CIFAR10_FOLDER"
 def preset_values(name: str) -> dict[str, Any]:
     """The field values of a preset (environment-aware for ``cifar10-cpu``)."""
     if name not in PRESETS:
-        raise ValueError(f"preset: unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
+        raise ValueError(f"preset: unknown preset {name!r}"
+                         + "".join(f"; did you mean {near!r}?" for near in nearest(name, list(PRESETS)))
+                         + f"; allowed: {', '.join(PRESETS)}")
     values = dict(PRESETS[name], preset=name)
     if name == "cifar10-cpu" and os.environ.get(CIFAR10_FOLDER_ENV):
         values.update(dataset="imagefolder", data_root=os.environ[CIFAR10_FOLDER_ENV])

@@ -35,6 +35,8 @@ from ..training.loop import FitResult, evaluate, fit, recipe_for
 from ..training.models import resolve_device
 from ..training.teacher_cache import TeacherLogitCache, cache_key
 from .teacher import Teacher
+from .tensorboard import Curves, curve_folder
+from .tensorboard import enabled as tensorboard_enabled
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,8 @@ def _row(task: Task, config: StudyConfig, teacher_params: int, params: int, zero
 
 
 def train_students(config: StudyConfig, teacher: torch.nn.Module, data: ImageData, tasks: Sequence[Task],
-                   state_path: Path | None = None, cache_dir: Path | None = None) -> list[dict]:
+                   state_path: Path | None = None, cache_dir: Path | None = None,
+                   curves: Sequence[Curves] | None = None) -> list[dict]:
     """Build, distill and evaluate the students of ``tasks`` (one seed) in lockstep; one row per task.
 
     The result for a task depends only on (config, rank, seed): the batch stream is seeded by the task seed
@@ -79,8 +82,12 @@ def train_students(config: StudyConfig, teacher: torch.nn.Module, data: ImageDat
         cache = TeacherLogitCache(cache_dir, cache_key(teacher, pipeline, seed), data.train_labels.numel())
     loss = DistillationLoss(teacher, config.loss, config.kd_temperature, config.kd_alpha, cache)
     label = ",".join(str(t.rank) for t in tasks)
+    def on_epoch(_: int, results: list[FitResult]) -> None:
+        for model_curves, result in zip(curves or (), results):
+            model_curves.update(result.history)
+
     results = fit(students, loss, pipeline, recipe_for(config, "student"), seed=seed, amp=config.amp,
-                  state_path=state_path, state_tag=identity_of(config, data),
+                  state_path=state_path, state_tag=identity_of(config, data), on_epoch=on_epoch,
                   checkpoint_every=config.checkpoint_every, desc=f"rank {label} seed {seed}")
     seconds = (time.perf_counter() - tic) / len(tasks)
     teacher_params = count_parameters(teacher)
@@ -105,8 +112,13 @@ def run_group(config: StudyConfig, run_dir: Path, teacher: Teacher, data: ImageD
         if mine:
             log.info("training %s", ", ".join(t.name for t in mine))
             state = task_dir / ("state_" + "-".join(t.name for t in mine) + ".pt")
-            rows = train_students(config, teacher.model, data, mine, state_path=state,
-                                  cache_dir=run_dir / TEACHER_CACHE_DIR)
+            curves = [Curves(curve_folder(run_dir, t)) for t in mine] if tensorboard_enabled(config) else []
+            try:
+                rows = train_students(config, teacher.model, data, mine, state_path=state,
+                                      cache_dir=run_dir / TEACHER_CACHE_DIR, curves=curves)
+            finally:
+                for model_curves in curves:
+                    model_curves.close()
             for task, row in zip(mine, rows):
                 write_row(run_dir, task, row | {"identity": identity})
             write_sweep_csv(run_dir)

@@ -39,6 +39,8 @@ from .executors import make_executor, threads_per_task, train_group
 from .preflight import preflight
 from .students import run_group
 from .teacher import Teacher, train_teacher
+from .tensorboard import enabled as tensorboard_enabled
+from .tensorboard import write_study_curve
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +168,11 @@ def run_sweep(config: StudyConfig, run_dir: str | Path, *, ranks: Sequence[int] 
         if owned:
             executor.shutdown(wait=True)
     write_sweep_csv(run_dir)
-    return read_sweep(run_dir)
+    table = read_sweep(run_dir)
+    if tensorboard_enabled(config):
+        write_study_curve(run_dir, table, teacher.accuracy if config.reference == "teacher" else config.reference,
+                          config.band)
+    return table
 
 
 def _sweep_rounds(run: SweepRun) -> None:

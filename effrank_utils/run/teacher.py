@@ -36,6 +36,9 @@ from ..training.checkpoints import load_checkpoint_into
 from ..training.data import Batch, ImageData, load_data_for, pipeline_for
 from ..training.loop import evaluate, fit, recipe_for
 from ..training.models import build_model, resolve_device
+from .provenance import environment
+from .tensorboard import Curves, curve_folder
+from .tensorboard import enabled as tensorboard_enabled
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +108,8 @@ def train_teacher(config: StudyConfig, run_dir: str | Path, data: ImageData | No
     one run directory: one trains, the others wait and then load.
     """
     data = data if data is not None else load_data_for(config)
-    run_dir = prepare_run(config, run_dir, inputs_fingerprint(config, data))
+    run_dir = prepare_run(config, run_dir, inputs_fingerprint(config, data),
+                          environment(resolve_device(config.device)))
     with file_lock(run_dir / TEACHER_LOCK):
         if not (run_dir / TEACHER_FILE).exists():
             make = _load_given if config.teacher_checkpoint is not None else _train
@@ -153,12 +157,20 @@ def _train(config: StudyConfig, run_dir: Path, data: ImageData) -> Teacher:
     pipeline = pipeline_for(config, data.to(device), config.teacher_batch_size)
     state_path = run_dir / TEACHER_STATE_FILE
     _write_status(run_dir, config, data, "training")
-    (result,) = fit([model], CrossEntropy(), pipeline, recipe_for(config, "teacher"), seed=config.seed,
-                    amp=config.amp, state_path=state_path,
-                    state_tag=identity_of(config, data, TEACHER_FIELDS),
-                    checkpoint_every=config.checkpoint_every, desc="teacher",
-                    on_epoch=lambda _, results: write_text(run_dir / TEACHER_METRICS_CSV,
-                                                           history_csv(results[0].history)))
+    curves = Curves(curve_folder(run_dir)) if tensorboard_enabled(config) else None
+
+    def on_epoch(_: int, results: list) -> None:
+        write_text(run_dir / TEACHER_METRICS_CSV, history_csv(results[0].history))
+        if curves is not None:
+            curves.update(results[0].history)
+
+    try:
+        (result,) = fit([model], CrossEntropy(), pipeline, recipe_for(config, "teacher"), seed=config.seed,
+                        amp=config.amp, state_path=state_path, state_tag=identity_of(config, data, TEACHER_FIELDS),
+                        checkpoint_every=config.checkpoint_every, desc="teacher", on_epoch=on_epoch)
+    finally:
+        if curves is not None:
+            curves.close()
     if result.failure:
         raise FloatingPointError(f"teacher training failed: {result.failure}; lower teacher_lr")
     teacher = Teacher(model.eval(), result.final_accuracy, result.history)

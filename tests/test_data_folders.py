@@ -2,7 +2,6 @@
 order of samples, and images too large to decode."""
 
 import os
-import time
 
 import numpy as np
 import pytest
@@ -163,9 +162,8 @@ def test_decompression_bomb_is_a_corrupt_image_named_with_what_to_do(tmp_path):
     bomb = tmp_path / "train" / "b" / "huge.png"
     side = 20_000
     assert side * side > 2 * Image.MAX_IMAGE_PIXELS  # PIL raises DecompressionBombError, not only a warning
-    start = time.perf_counter()
     Image.new("1", (side, side)).save(bomb)  # one bit per pixel: a file of tens of kB
-    assert time.perf_counter() - start < 10 and os.path.getsize(bomb) < 500_000
+    assert os.path.getsize(bomb) < 500_000  # small on disk: a decompression bomb
     with pytest.raises(CorruptImage, match=r"^data_root: .*huge\.png.*(resize|remove)") as info:
         load_data("imagefolder", root=tmp_path)
     message = _one_line_error(info)

@@ -36,8 +36,9 @@ from effrank_utils.records.run_folder import read_epochs
 from effrank_utils.run.entry import load_preset
 from effrank_utils.run.sweep import run_sweep
 from effrank_utils.run.teacher import CrossEntropy, train_teacher
-from effrank_utils.training.data import ImageData, load_data_for, pipeline_for
+from effrank_utils.training.data import ImageData, pipeline_for
 from effrank_utils.training.distill import DistillationLoss
+from effrank_utils.training.loading import load_data_for
 from effrank_utils.training.loop import Recipe, fit, make_optimizer, recipe_for
 from effrank_utils.training.models import build_model, resolve_device
 

@@ -21,7 +21,7 @@ import torch
 from effrank_utils.run.entry import load_preset
 from effrank_utils.run.sweep import run_sweep
 from effrank_utils.run.teacher import train_teacher
-from effrank_utils.training.data import load_data_for
+from effrank_utils.training.loading import load_data_for
 
 warnings.filterwarnings("ignore", message=".*break-even.*")
 

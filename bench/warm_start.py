@@ -27,8 +27,9 @@ from effrank_utils.lowrank.factorize import factorize
 from effrank_utils.run.entry import load_preset
 from effrank_utils.run.presets import parse_assignment
 from effrank_utils.run.teacher import train_teacher
-from effrank_utils.training.data import load_data_for, pipeline_for
+from effrank_utils.training.data import pipeline_for
 from effrank_utils.training.distill import DistillationLoss
+from effrank_utils.training.loading import load_data_for
 from effrank_utils.training.loop import fit, recipe_for
 from effrank_utils.training.models import resolve_device
 

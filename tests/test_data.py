@@ -25,6 +25,7 @@ from effrank_utils.training.data import (
     dataset_classes,
     load_data,
 )
+from effrank_utils.training.preprocessing import Preprocessing
 
 
 def test_digits_split_is_fixed_and_stratified():
@@ -256,8 +257,8 @@ def test_cifar100_reads_torchvision_files(tmp_path, monkeypatch):
 def _pipeline(**kwargs) -> BatchPipeline:
     x = torch.arange(4 * 1 * 4 * 4, dtype=torch.uint8).reshape(4, 1, 4, 4)
     data = ImageData("toy", x, torch.arange(4), x, torch.arange(4), 4)
-    return BatchPipeline(data, batch_size=2, input_size=kwargs.pop("input_size", 4), mean=(0.0,), std=(1.0,),
-                         **kwargs)
+    geometry = Preprocessing("test", (0.0,), (1.0,), "bilinear", 0.875, kwargs.pop("input_size", 4))
+    return BatchPipeline(data, batch_size=2, preprocessing=geometry, **kwargs)
 
 
 def test_batches_are_reproducible_per_seed_and_epoch():

@@ -13,8 +13,9 @@ from effrank_utils.run.entry import load_preset
 from effrank_utils.run.preflight import preflight
 from effrank_utils.run.students import train_students
 from effrank_utils.run.teacher import train_teacher
-from effrank_utils.training.data import load_data, load_data_for, pipeline_for
+from effrank_utils.training.data import load_data, pipeline_for
 from effrank_utils.training.distill import DistillationLoss
+from effrank_utils.training.loading import load_data_for
 from effrank_utils.training.loop import fit, recipe_for
 from effrank_utils.training.teacher_cache import TeacherLogitCache, cache_key
 

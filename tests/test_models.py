@@ -60,3 +60,14 @@ def test_timm_pretrained_offline_gives_a_clear_error(monkeypatch):
     monkeypatch.setattr(builder, "load_pretrained", no_network)
     with pytest.raises(models.WeightsNotAvailable, match="vit_tiny_patch16_224"):
         models.timm_model("vit_tiny_patch16_224", num_classes=10, in_chans=3, image_size=224, pretrained=True)
+
+
+def test_hf_hub_names_are_accepted_and_fail_offline_in_one_line(monkeypatch):
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)  # what a machine without internet sees, without waiting
+    models._check_timm_name("hf-hub:timm/vit_tiny_patch16_224.augreg_in21k")  # accepted as a name
+    with pytest.raises(ValueError, match=r"^model: 'hf-hub:timm/vit_tiny_patch16_224\.augreg_in21k' is read from "
+                                         r"the Hugging Face Hub .*could not be reached") as caught:
+        load_preset("smoke", model="hf-hub:timm/vit_tiny_patch16_224.augreg_in21k", image_size=32)
+    assert "\n" not in str(caught.value)

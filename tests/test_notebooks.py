@@ -171,6 +171,8 @@ def test_printed_sweep_rows_reach_the_terminal(kernel_env, tmp_path, capsys):
     assert [row.split(":")[0] for row in rows] == [f"[02_rank_sweep] rank {r:>4} seed 0" for r in (1, 4)]
     assert all(": ok, final accuracy " in row for row in rows)
     assert any(line.startswith("[01_train_teacher] teacher: test accuracy ") for line in lines)
+    assert any(line.startswith("[01_train_teacher] model input: mean (0.3079), std (0.3786)") for line in lines)
+    assert any(line.endswith("bilinear resize to 9, center crop 8 (dataset)") for line in lines)
     assert lines.index(rows[-1]) < lines.index(f"[02_rank_sweep] 2 students in {tmp_path / 'sweep.csv'}")
     assert not any("final_accuracy" in line or "student/s" in line for line in lines)  # no tables, no tqdm bars
 

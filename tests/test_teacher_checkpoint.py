@@ -14,7 +14,7 @@ from effrank_utils.run.entry import load_preset
 from effrank_utils.run.sweep import run_sweep
 from effrank_utils.run.teacher import LOADED, train_teacher
 from effrank_utils.training.checkpoints import checkpoint_digest, load_checkpoint_into, unwrap
-from effrank_utils.training.data import load_data_for
+from effrank_utils.training.loading import load_data_for
 from effrank_utils.training.models import build_model
 
 SETTINGS = dict(ranks=[1, 2, 4], student_epochs=1)

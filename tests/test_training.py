@@ -12,8 +12,9 @@ from effrank_utils.records.run_folder import Task
 from effrank_utils.run.entry import load_preset
 from effrank_utils.run.students import train_students
 from effrank_utils.run.teacher import load_teacher, train_teacher
-from effrank_utils.training.data import load_data_for, pipeline_for
+from effrank_utils.training.data import pipeline_for
 from effrank_utils.training.distill import DistillationLoss, feature_taps
+from effrank_utils.training.loading import load_data_for
 from effrank_utils.training.loop import Recipe, learning_rate
 
 FAST_TEACHER = dict(embed_dim=48, depth=2, num_heads=4, crop_padding=0, teacher_epochs=20, teacher_lr=3e-3,

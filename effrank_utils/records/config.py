@@ -16,7 +16,8 @@ from typing import Any, Sequence
 
 from ..estimate.curves import DEFAULT_BAND, REFERENCE_CHOICES, validate_band
 
-NORMALIZATIONS = ("dataset", "imagenet")
+NORMALIZATIONS = ("dataset", "imagenet", "model")
+DATA_LOADINGS = ("auto", "memory", "stream")
 DEVICES = ("auto", "cpu", "cuda")
 SWEEP_MODES = ("grid", "adaptive")
 CUSTOM_PRESET = "custom"
@@ -50,7 +51,9 @@ class StudyConfig:
     train_subset: int | None = _field("teacher", None, "a class-balanced subset of the training split")
     crop_padding: int = _field("teacher", 0, "random crop with this zero padding (0: off)")
     hflip: bool = _field("teacher", False, "random horizontal flips")
-    normalization: str = _field("teacher", "dataset", "per-channel statistics of the training split, or ImageNet's")
+    normalization: str = _field("teacher", "dataset", "dataset: per-channel statistics of the training split; "
+                                                      "imagenet: ImageNet's; model: the model's own data config "
+                                                      "(mean, std, interpolation, crop; the default when pretrained)")
     validation_fraction: float = _field("teacher", 0.0, "of the training split, held out to decide early stopping "
                                                         "(0: none)")
     # model
@@ -103,6 +106,15 @@ class StudyConfig:
                                                         "start one)")
     sweep_mode: str = _field("sweep", "grid", "grid: the listed ranks; adaptive: refine crossings and knee")
     refine_rounds: int = _field("sweep", 4, "adaptive: rounds of added ranks at most")
+    data_loading: str = _field("execution", "auto", "memory: decode every image once and keep them; stream: read "
+                                                    "and decode per batch in worker processes (imagefolder); "
+                                                    "auto: stream when the decoded training split would exceed "
+                                                    "memory_budget")
+    memory_budget: float = _field("execution", 8.0, "auto: GiB the decoded training split may take in memory")
+    data_workers: int | None = _field("execution", None, "stream: decoding processes (0: in the training process; "
+                                                         "default: the CPU cores, at most 8)")
+    compile: bool = _field("execution", False, "run teacher and students through torch.compile (CUDA; a no-op "
+                                               "on the CPU)")
     tensorboard: bool | None = _field("execution", None, "per-epoch curves in <run>/tensorboard/ (default: on when "
                                                          "the tensorboard package is installed)")
     # analysis
@@ -188,7 +200,8 @@ def _int_list(name: str, value: Any, allow_zero: bool = False) -> tuple[int, ...
     return tuple(sorted(out))
 
 
-FIXED_CHOICES = {"normalization": NORMALIZATIONS, "device": DEVICES, "sweep_mode": SWEEP_MODES}
+FIXED_CHOICES = {"normalization": NORMALIZATIONS, "device": DEVICES, "sweep_mode": SWEEP_MODES,
+                 "data_loading": DATA_LOADINGS}
 
 
 def _validate_fields(values: dict) -> dict:
@@ -199,6 +212,9 @@ def _validate_fields(values: dict) -> dict:
         _choice(name, v[name], allowed)
     if v["workers"] is not None:
         v["workers"] = _positive_int("workers", v["workers"])
+    if v["data_workers"] is not None:
+        v["data_workers"] = _positive_int("data_workers", v["data_workers"], allow_zero=True)
+    v["memory_budget"] = _positive_float("memory_budget", v["memory_budget"])
     if not isinstance(v["model"], str) or not v["model"]:
         raise ValueError(f"model: expected a model name, got {v['model']!r}")
     for name in ("image_size", "patch_size", "embed_dim", "depth", "num_heads", "teacher_epochs",
@@ -262,9 +278,10 @@ def _validate_combination(config: StudyConfig) -> None:
     if config.teacher_checkpoint is not None and config.pretrained:
         raise ValueError("teacher_checkpoint: a teacher loaded from a checkpoint replaces pretrained weights; set "
                          "pretrained=False (or drop teacher_checkpoint)")
-    if config.pretrained and config.normalization != "imagenet":
-        raise ValueError("normalization: pretrained weights expect 'imagenet' normalization, got "
-                         f"{config.normalization!r}")
+    if config.pretrained and config.normalization == "dataset":
+        raise ValueError("normalization: pretrained weights expect the statistics they were trained with; use "
+                         "'model' (the weights' own data config, the default with pretrained=True) or 'imagenet', "
+                         "not 'dataset'")
 
 
 def config_from_dict(values: dict) -> StudyConfig:
@@ -277,6 +294,8 @@ def config_from_dict(values: dict) -> StudyConfig:
                          + "".join(f"; did you mean {near!r}?" for near in nearest(unknown[0], FIELD_NAMES))
                          + " (effrank fields lists every field)")
     merged = {f.name: f.default for f in fields(StudyConfig)} | dict(values)
+    if "normalization" not in values and _boolean("pretrained", merged["pretrained"]):
+        merged["normalization"] = "model"  # pretrained weights: their own preprocessing unless told otherwise
     config = StudyConfig(**_validate_fields(merged))
     _validate_combination(config)
     return config

@@ -122,6 +122,7 @@ def check_folder_path(path: str | Path, field: str) -> None:
 
 # ------------------------------------------------------------------------------------------------- identity
 TEACHER_CHECKPOINT_MARK = "+teacher_checkpoint:"
+FILE_FINGERPRINT_PREFIX = "files-"  # the fingerprint of streamed data: from its file list (data_loading="stream")
 
 
 def inputs_fingerprint(config: StudyConfig, data: Any) -> str:
@@ -161,6 +162,12 @@ def check_same_study(where: str, saved_config: dict, saved_fingerprint: str | No
             raise ValueError(f"{where} was made with another teacher (teacher_checkpoint content "
                              f"{saved_teacher or 'none: trained by effrank'}, now {teacher or 'none'}). Use a new run "
                              "directory (or --fresh) instead of mixing results.")
+        streamed = [(f or "").startswith(FILE_FINGERPRINT_PREFIX) for f in (saved_fingerprint, data_fingerprint)]
+        if streamed[0] != streamed[1]:
+            how = {True: "stream (fingerprinted from its files)", False: "memory (fingerprinted from its pixels)"}
+            raise ValueError(f"data_loading: {where} was made with the data loaded by {how[streamed[0]]}, now by "
+                             f"{how[streamed[1]]}; the two fingerprints cannot be compared: set data_loading to "
+                             f"{'stream' if streamed[0] else 'memory'} as before, or use a new run directory")
         raise ValueError(f"{where} was made from different data (data fingerprint saved {saved_fingerprint}, now "
                          f"{data_fingerprint}; data_root {saved_config.get('data_root')!r} then, "
                          f"{config.data_root!r} now). Use a new run directory (or --fresh) instead of mixing "
@@ -223,10 +230,11 @@ def check_config(run_dir: str | Path, config: StudyConfig) -> None:
 
 
 def prepare_run(config: StudyConfig, run_dir: str | Path, data_fingerprint: str,
-                environment: dict | None = None) -> Path:
+                environment: dict | None = None, preprocessing: dict | None = None) -> Path:
     """Check that ``run_dir`` is writable and either new (or empty) or made by the same study -- its
     ``config.json``, its teacher and its rows, all before anything is written --; clean up what an interrupted
-    write left; save ``config.json`` (with the ``environment`` this run computes in). Serialized between
+    write left; save ``config.json`` (with the ``environment`` this run computes in and the ``preprocessing`` that
+    makes its model input). Serialized between
     processes, so two studies never share a folder.
 
     Ranks, seeds, band, reference and execution settings may change between runs of one study (a sweep can be
@@ -245,22 +253,25 @@ def prepare_run(config: StudyConfig, run_dir: str | Path, data_fingerprint: str,
         check_rows(run_dir, study_identity(config, data_fingerprint))
         remove_stale_temporaries(run_dir, RUN_FOLDER_NAMES)
         remove_stale_temporaries(run_dir / TASK_DIR)
-        write_record(run_dir, config, data_fingerprint, environment)
+        write_record(run_dir, config, data_fingerprint, environment, preprocessing)
     return run_dir
 
 
 def write_record(run_dir: str | Path, config: StudyConfig, data_fingerprint: str,
-                 environment: dict | None = None) -> Path:
+                 environment: dict | None = None, preprocessing: dict | None = None) -> Path:
     """Write ``config.json``: who wrote it, the config, the data fingerprint, the study identity, and what it was
-    computed with: ``environment`` (this run's library versions, threads, device and commit) and every distinct
-    environment that has computed into the folder (``environments``, oldest first)."""
+    computed with: ``environment`` (this run's library versions, threads, device and commit), every distinct
+    environment that has computed into the folder (``environments``, oldest first) and the ``preprocessing`` of
+    its model input (statistics, interpolation, resize and crop; kept from before when not given)."""
     path = Path(run_dir) / CONFIG_JSON
-    seen = read_record(run_dir).get("environments", []) if path.exists() else []
+    before = read_record(run_dir) if path.exists() else {}
+    seen = before.get("environments", [])
     if environment is not None and environment not in seen:
         seen = [*seen, environment]
     return write_json(path, {
         "written_by": WRITTEN_BY, "version": __version__, "identity": study_identity(config, data_fingerprint),
         "data_fingerprint": data_fingerprint, "config": config.to_dict(),
+        "preprocessing": preprocessing if preprocessing is not None else before.get("preprocessing"),
         "environment": environment if environment is not None else (seen[-1] if seen else None),
         "environments": seen})
 

@@ -178,6 +178,7 @@ def summary(study: Study, result: EffectiveRankResult, reference: str | float,
         "training_free": training_free_record(study, result),
         "table": study.table.replace({np.nan: None}).to_dict(orient="records"),
         "config": study.config.to_dict(),
+        "preprocessing": study.preprocessing,
         "environment": study.environments[-1] if study.environments else None,  # the last run's; all of them:
         "environments": list(study.environments),                               # oldest first
     }

@@ -41,6 +41,7 @@ class Study:
     spectra: tuple[pd.DataFrame, dict] | None = None  # the teacher's per-map table and singular values, if saved
     missing: tuple[Task, ...] = ()  # students the study asks for without a successful row (not yet, or failed)
     environments: tuple[dict, ...] = ()  # what computed into it (versions, threads, device, commit), oldest first
+    preprocessing: dict | None = None  # what made the model input (statistics, interpolation, resize, crop)
 
     @property
     def complete(self) -> bool:
@@ -94,7 +95,8 @@ def load_study(run_dir: str | Path) -> Study:
     config = config_from_json(record["config"])
     return Study(run_dir, config, float(teacher["accuracy"]), ok.reset_index(drop=True),
                  failed.reset_index(drop=True), epochs, read_spectra(run_dir),
-                 tuple(missing_tasks(run_dir, config, table)), tuple(record.get("environments", ())))
+                 tuple(missing_tasks(run_dir, config, table)), tuple(record.get("environments", ())),
+                 record.get("preprocessing"))
 
 
 def load_finished_study(run_dir: str | Path) -> Study:

@@ -13,7 +13,9 @@ import concurrent.futures as cf
 import functools
 import json
 import logging
+import multiprocessing
 import os
+from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -21,7 +23,8 @@ import torch
 
 from ..records.config import config_from_json
 from ..records.run_folder import Task
-from ..training.data import ImageData, load_data_for
+from ..training.data import ImageData
+from ..training.loading import load_data_for
 from .students import run_group
 from .teacher import load_teacher
 
@@ -93,9 +96,40 @@ def _ray(workers: int | None, ray_address: str | None) -> cf.Executor:
         raise ValueError("executor: 'ray' needs Ray: pip install -e '.[ray]'") from None
 
 
+def _visible_gpus() -> list[str]:
+    """The CUDA device ids this process may use: those in ``$CUDA_VISIBLE_DEVICES`` when it is set (indices or
+    UUIDs, kept as written), else every GPU torch sees; none on a CPU machine."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [device.strip() for device in listed.split(",") if device.strip()]
+    return [str(index) for index in range(torch.cuda.device_count())]
+
+
+def gpu_for_worker(index: int, visible: Sequence[str]) -> str | None:
+    """The CUDA device id that worker ``index`` gets among the ``visible`` ones (round robin); None when there
+    are none."""
+    return visible[index % len(visible)] if visible else None
+
+
+def pin_worker_gpu(counter: Synchronized, visible: Sequence[str]) -> None:
+    """``ProcessPoolExecutor`` initializer (runs once per worker process): take the next worker index from the
+    shared ``counter`` and let this process see only that worker's GPU, before torch initializes CUDA here, so
+    that ``cuda`` and ``auto`` mean that one GPU. Leaves the process as it is when no GPU is visible."""
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    gpu = gpu_for_worker(index, visible)
+    if gpu is None:
+        return
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    log.info("worker %d (pid %d) uses GPU %s", index, os.getpid(), gpu)
+
+
 def _processes(workers: int | None, ray_address: str | None) -> cf.Executor:
-    import multiprocessing
-    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    """Spawned worker processes, worker ``i`` on visible GPU ``i mod n`` (see :func:`pin_worker_gpu`)."""
+    context = multiprocessing.get_context("spawn")
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=pin_worker_gpu,
+                                  initargs=(context.Value("i", 0), _visible_gpus()))
 
 
 #: Where a sweep's student groups run, by name: a factory ``(workers, ray_address) -> Executor`` (None for

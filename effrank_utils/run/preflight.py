@@ -12,10 +12,11 @@ import pandas as pd
 from ..estimate.curves import REFERENCE_CHOICES
 from ..lowrank.factorize import INITS, TARGET_ALIASES, TARGETS, resolve_targets
 from ..records.config import BOOLEAN_FIELDS, CUSTOM_PRESET, FIXED_CHOICES, StudyConfig, config_from_dict
-from ..training.data import DATASETS, check_source
+from ..training.data import DATASETS, check_source, dataset_spec
 from ..training.distill import LOSSES
 from ..training.loop import SCHEDULES
 from ..training.models import check_model, check_teacher_checkpoint, rank_limit
+from ..training.preprocessing import model_data_config
 from .executors import EXECUTORS
 from .presets import PRESETS
 from .tensorboard import enabled as tensorboard_enabled
@@ -51,7 +52,12 @@ def check_runnable(config: StudyConfig) -> None:
         import torch
         if not torch.cuda.is_available():
             raise ValueError("device: 'cuda' was asked for but no CUDA device is available; use 'auto' or 'cpu'")
+    if config.data_loading == "stream" and not dataset_spec(config.dataset).image_files:
+        raise ValueError(f"data_loading: 'stream' reads and decodes image files per batch; {config.dataset} is "
+                         "not read from image files (use memory or auto, or an image folder)")
     check_model(config, channels)
+    if config.normalization == "model":
+        model_data_config(config.model, config.image_size)  # the model has one, and it can be read
     tensorboard_enabled(config)  # asked for but not installed: refused now, not after the teacher trained
     if config.teacher_checkpoint is not None:
         check_teacher_checkpoint(config, classes, channels)

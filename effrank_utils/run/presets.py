@@ -41,7 +41,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         student_patience=3, student_schedule="constant", student_lr=5e-4, student_batch_size=128, fuse=4,
     ),
     "paper": dict(
-        dataset="cifar100", download=True, crop_padding=4, hflip=True, normalization="imagenet", model="vit_b_32",
+        dataset="cifar100", download=True, crop_padding=4, hflip=True, normalization="model", model="vit_b_32",
         pretrained=True, image_size=224, teacher_epochs=20, teacher_lr=1e-4, teacher_weight_decay=0.01,
         teacher_batch_size=32, teacher_warmup_epochs=0, teacher_schedule="constant",
         ranks=(2, 4, 8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256), init="paper", loss="geometric",

@@ -88,7 +88,7 @@ def train_students(config: StudyConfig, teacher: torch.nn.Module, data: ImageDat
 
     results = fit(students, loss, pipeline, recipe_for(config, "student"), seed=seed, amp=config.amp,
                   state_path=state_path, state_tag=identity_of(config, data), on_epoch=on_epoch,
-                  checkpoint_every=config.checkpoint_every, desc=f"rank {label} seed {seed}")
+                  checkpoint_every=config.checkpoint_every, desc=f"rank {label} seed {seed}", compile=config.compile)
     seconds = (time.perf_counter() - tic) / len(tasks)
     teacher_params = count_parameters(teacher)
     return [_row(t, config, teacher_params, count_parameters(s), z, r, seconds)

@@ -33,7 +33,8 @@ from ..records.run_folder import (
     write_row,
     write_sweep_csv,
 )
-from ..training.data import ImageData, load_data_for
+from ..training.data import ImageData
+from ..training.loading import load_data_for
 from ..training.models import rank_limit
 from .executors import make_executor, threads_per_task, train_group
 from .preflight import preflight

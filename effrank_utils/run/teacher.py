@@ -33,9 +33,11 @@ from ..records.run_folder import (
     prepare_run,
 )
 from ..training.checkpoints import load_checkpoint_into
-from ..training.data import Batch, ImageData, load_data_for, pipeline_for
+from ..training.data import Batch, ImageData, pipeline_for
+from ..training.loading import load_data_for
 from ..training.loop import evaluate, fit, recipe_for
 from ..training.models import build_model, resolve_device
+from ..training.preprocessing import preprocessing_for
 from .provenance import environment
 from .tensorboard import Curves, curve_folder
 from .tensorboard import enabled as tensorboard_enabled
@@ -109,7 +111,7 @@ def train_teacher(config: StudyConfig, run_dir: str | Path, data: ImageData | No
     """
     data = data if data is not None else load_data_for(config)
     run_dir = prepare_run(config, run_dir, inputs_fingerprint(config, data),
-                          environment(resolve_device(config.device)))
+                          environment(resolve_device(config.device)), preprocessing_for(config, data).to_dict())
     with file_lock(run_dir / TEACHER_LOCK):
         if not (run_dir / TEACHER_FILE).exists():
             make = _load_given if config.teacher_checkpoint is not None else _train
@@ -167,7 +169,8 @@ def _train(config: StudyConfig, run_dir: Path, data: ImageData) -> Teacher:
     try:
         (result,) = fit([model], CrossEntropy(), pipeline, recipe_for(config, "teacher"), seed=config.seed,
                         amp=config.amp, state_path=state_path, state_tag=identity_of(config, data, TEACHER_FIELDS),
-                        checkpoint_every=config.checkpoint_every, desc="teacher", on_epoch=on_epoch)
+                        checkpoint_every=config.checkpoint_every, desc="teacher", on_epoch=on_epoch,
+                        compile=config.compile)
     finally:
         if curves is not None:
             curves.close()

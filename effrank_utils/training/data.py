@@ -1,7 +1,9 @@
-"""Datasets held in memory as uint8 tensors, and batch pipelines that augment on tensors.
+"""Datasets as uint8 tensors (held in memory, or streamed from files by :mod:`.streaming`), and batch pipelines
+that augment on tensors.
 
-Small images are decoded once; every epoch's order, crops and flips are drawn from a generator seeded by
-``(seed, epoch)``, so a batch stream is reproducible and identical for every student that shares it.
+Images are decoded once (or per batch when streamed); every epoch's order, crops and flips are drawn from a
+generator seeded by ``(seed, epoch)``, so a batch stream is reproducible and identical for every student that
+shares it, however the images are read.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -22,14 +24,13 @@ import torch.nn.functional as F
 
 from ..base.seeds import derive_seed
 from ..base.storage import atomic_write
+from .preprocessing import Preprocessing, preprocessing_for
 
 if TYPE_CHECKING:
     from ..records.config import StudyConfig
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CACHE_ENV = "EFFRANK_CACHE"
 DIGITS_TEST_FRACTION = 0.2
 _MEMOS = ("_stats", "_fingerprint")  # per-object results that stay valid for a copy on another device
@@ -70,6 +71,20 @@ class ImageData:
         if name not in SPLITS:
             raise ValueError(f"split: unknown split {name!r}; allowed: {', '.join(SPLITS)}")
         return getattr(self, f"{name}_images"), getattr(self, f"{name}_labels")
+
+    def labels(self, split: str) -> torch.Tensor:
+        """The labels of ``train``, ``val`` or ``test``."""
+        return self.split(split)[1]
+
+    def image_batches(self, split: str, chunks: Sequence[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """The uint8 images of ``split`` at each chunk of indices, in turn, on the data's device."""
+        images = self.split(split)[0]
+        for idx in chunks:
+            yield images[idx.to(images.device)]
+
+    @property
+    def device(self) -> torch.device:
+        return self.train_images.device
 
     @property
     def has_validation(self) -> bool:
@@ -145,7 +160,7 @@ class LoadRequest:
     root: Path | None
     download: bool = False
     seed: int = 0
-    image_size: int | None = None
+    preprocessing: Preprocessing | None = None  # what the images are sized for (imagefolder)
 
     @classmethod
     def of(cls, root: str | Path | None, **options: Any) -> "LoadRequest":
@@ -176,7 +191,7 @@ def _cifar_source(name: str, request: LoadRequest) -> tuple[Any, Path]:
     """torchvision's dataset class for ``name`` and the root folder its files are read from."""
     from torchvision import datasets
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-    return cls, request.root or _cache_dir() / "torchvision"
+    return cls, request.root or cache_dir() / "torchvision"
 
 
 def _cifar_missing(name: str, root: Path, folder: str, reason: object) -> DatasetNotAvailable:
@@ -302,42 +317,101 @@ def _image_files(split_dirs: tuple[Path, ...], classes: list[str]) -> list[list[
     return splits
 
 
-def _read_image(path: Path, size: int | None) -> np.ndarray:
-    """One image as a ``3 x H x W`` uint8 array, resized to ``size`` if given."""
+RESIZE_ON_LOADING_UP_TO = 64  # pixels
+_PIL_FILTERS = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "nearest": "NEAREST"}
+
+
+def stored_side(preprocessing: Preprocessing, sizes: set[tuple[int, int]]) -> int | None:
+    """The side (square) images of ``sizes`` (width, height) are kept at for model input ``preprocessing``, or
+    None to keep them as decoded.
+
+    * A small input (at most :data:`RESIZE_ON_LOADING_UP_TO` pixels) is what images are resized to on loading.
+    * Images that are all one square size no larger than the preprocessing's resize size (CIFAR at 224 px) are
+      kept as decoded, small in memory, and upscaled per batch on the device.
+    * Any others (photos of different sizes and shapes) are resized on loading, shorter side to the resize size
+      and a center square of it kept; the center crop of the input size is taken per batch.
+    """
+    if preprocessing.input_size <= RESIZE_ON_LOADING_UP_TO:
+        return preprocessing.input_size
+    if len(sizes) == 1:
+        ((width, height),) = sizes
+        if width == height <= preprocessing.resize_size:
+            return None
+    return preprocessing.resize_size
+
+
+def _rgb(img: Any) -> Any:
+    """A decoded PIL image as RGB: 16-bit and 32-bit grayscale scaled to 8 bits, palette, RGBA, CMYK, LA and L
+    converted (alpha dropped, as torchvision's ImageFolder does)."""
     from PIL import Image
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        wide = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(wide / (65535 if wide.max() > 255 else 255) * 255, 0, 255).astype(np.uint8))
+    if img.mode == "P":
+        img = img.convert("RGBA")  # a palette with transparency converts cleanly only through RGBA
+    return img.convert("RGB")
+
+
+def read_image(path: Path, side: int | None, interpolation: str = "bilinear") -> np.ndarray:
+    """One image file as a ``3 x H x W`` uint8 array: its EXIF orientation applied, converted to RGB, and (when
+    ``side`` is given) resized with ``interpolation``, shorter side to ``side``, with the center square kept."""
+    from PIL import Image, ImageOps
     try:
         with Image.open(path) as opened:
-            img = opened.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as exc:  # PIL: unidentified, truncated or malformed data
-        raise CorruptImage(f"data_root: cannot decode the image {path} ({type(exc).__name__}: {exc}); "
-                           "remove or replace this file") from None
+            img = _rgb(ImageOps.exif_transpose(opened))
     except Image.DecompressionBombError as exc:  # over twice PIL's limit: refused, not decoded
         raise CorruptImage(f"data_root: the image {path} is too large to decode ({str(exc).rstrip('.')}); PIL "
                            f"refuses images over twice Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS} pixels: "
                            "resize it below that or remove this file") from None
-    if size is not None and img.size != (size, size):
-        img = img.resize((size, size))
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL: unidentified, truncated or malformed data
+        raise CorruptImage(f"data_root: cannot decode the image {path} ({type(exc).__name__}: {exc}); "
+                           "remove or replace this file") from None
+    if side is not None and img.size != (side, side):
+        img = ImageOps.fit(img, (side, side), method=getattr(Image.Resampling, _PIL_FILTERS[interpolation]))
     return np.asarray(img).transpose(2, 0, 1)
 
 
-def _decode(split_dir: Path, samples: list[tuple[Path, int]], size: int | None) -> tuple[np.ndarray, np.ndarray]:
+def image_sizes(paths: Sequence[Path]) -> set[tuple[int, int]]:
+    """The distinct (width, height) of image files, read from their headers (nothing is decoded)."""
+    from PIL import Image
+    sizes = set()
+    for path in paths:
+        try:
+            with Image.open(path) as opened:
+                sizes.add(opened.size)
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise CorruptImage(f"data_root: cannot read the image {path} ({type(exc).__name__}: {exc}); "
+                               "remove or replace this file") from None
+    return sizes
+
+
+def folder_side(request: LoadRequest, paths: Sequence[Path]) -> int | None:
+    """The side a folder's images are kept at (:func:`stored_side`); None also when nothing asks for a size."""
+    if request.preprocessing is None:
+        return None
+    return stored_side(request.preprocessing, image_sizes(paths))
+
+
+def _decode(split_dir: Path, samples: list[tuple[Path, int]], side: int | None,
+            interpolation: str) -> tuple[np.ndarray, np.ndarray]:
     """Images and labels of one split's ``samples``, all of one size."""
     from tqdm.auto import tqdm
-    images = [_read_image(path, size) for path, _ in tqdm(samples, desc=f"decoding {split_dir.name}", leave=False)]
+    images = [read_image(path, side, interpolation)
+              for path, _ in tqdm(samples, desc=f"decoding {split_dir.name}", leave=False)]
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
         raise ValueError(f"data_root: images under {split_dir} differ in size ({sorted(shapes)[:3]}...); "
-                         "set image_size so that they are resized on loading")
+                         "set image_size above 64 (they are then resized on loading) or resize them")
     return np.stack(images), np.asarray([label for _, label in samples], dtype=np.int64)
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "effrank"))
 
 
-def _tree_key(root: Path, size: int | None, files: list[Path]) -> str:
-    """A key that changes when any image is added, removed, renamed or rewritten, or another size is asked."""
-    h = hashlib.sha256(f"{root.resolve()}|{size}".encode())
+def _tree_key(root: Path, sizing: str, files: list[Path]) -> str:
+    """A key that changes when any image is added, removed, renamed or rewritten, or another sizing is asked."""
+    h = hashlib.sha256(f"{root.resolve()}|{sizing}".encode())
     for path in files:
         st = path.stat()
         h.update(f"|{path.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}".encode())
@@ -367,16 +441,37 @@ def _write_cache(cache: Path, arrays: SplitArrays) -> None:
         log.warning("could not cache decoded images at %s: %s", cache, exc)
 
 
+class FolderSamples(NamedTuple):
+    """An image folder's split folders, class names and ``(path, label)`` of every image of each split."""
+
+    train_dir: Path
+    test_dir: Path
+    classes: list[str]
+    train: list[tuple[Path, int]]
+    test: list[tuple[Path, int]]
+
+
+def folder_samples(request: LoadRequest) -> FolderSamples:
+    """The images of ``request.root`` (train/ and test/ or val/), checked and listed without decoding."""
+    train_dir, test_dir, classes = _folder_layout(request)
+    train, test = _image_files((train_dir, test_dir), classes)
+    return FolderSamples(train_dir, test_dir, classes, train, test)
+
+
 def _imagefolder(request: LoadRequest) -> SplitArrays:
     """Decode ``root/train`` and ``root/test`` (or ``val``) once; the result is cached as ``.npz``, keyed on
     every image's path, size and modification time."""
-    train_dir, test_dir, classes = _folder_layout(request)
-    root, size = train_dir.parent, request.image_size
-    train, test = _image_files((train_dir, test_dir), classes)
-    cache = _cache_dir() / f"imagefolder-{_tree_key(root, size, [path for path, _ in train + test])}.npz"
+    folder = folder_samples(request)
+    train_dir, test_dir, train, test = folder.train_dir, folder.test_dir, folder.train, folder.test
+    paths = [path for path, _ in train + test]
+    pre = request.preprocessing
+    sizing = "as decoded" if pre is None else f"{pre.input_size}/{pre.resize_size}/{pre.interpolation}"
+    cache = cache_dir() / f"imagefolder-{_tree_key(train_dir.parent, sizing, paths)}.npz"
     arrays = _read_cache(cache)
     if arrays is None:
-        arrays = SplitArrays(*_decode(train_dir, train, size), *_decode(test_dir, test, size), len(classes))
+        side, interpolation = folder_side(request, paths), pre.interpolation if pre else "bilinear"
+        arrays = SplitArrays(*_decode(train_dir, train, side, interpolation),
+                             *_decode(test_dir, test, side, interpolation), len(folder.classes))
         _write_cache(cache, arrays)
     return arrays
 
@@ -389,6 +484,7 @@ class DatasetSpec:
     channels: int
     classes: int | Callable[[Path], int | None]  # a fixed number, or counted from the files under ``root``
     check: Callable[[LoadRequest], object] | None = None  # cheap check that the files can be had; raises if not
+    image_files: bool = False  # read from image files, so it can be streamed (data_loading="stream")
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -397,11 +493,12 @@ DATASETS: dict[str, DatasetSpec] = {
                            check=functools.partial(_check_cifar, "cifar10")),
     "cifar100": DatasetSpec(functools.partial(_cifar, "cifar100"), channels=3, classes=100,
                             check=functools.partial(_check_cifar, "cifar100")),
-    "imagefolder": DatasetSpec(_imagefolder, channels=3, classes=_count_class_folders, check=_folder_layout),
+    "imagefolder": DatasetSpec(_imagefolder, channels=3, classes=_count_class_folders, check=_folder_layout,
+                               image_files=True),
 }
 
 
-def _spec(dataset: str) -> DatasetSpec:
+def dataset_spec(dataset: str) -> DatasetSpec:
     if dataset not in DATASETS:
         raise ValueError(f"dataset: unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
     return DATASETS[dataset]
@@ -410,7 +507,7 @@ def _spec(dataset: str) -> DatasetSpec:
 def dataset_classes(dataset: str, root: str | Path | None = None) -> int | None:
     """The number of classes of ``dataset``, without decoding anything (imagefolder: the class folders under
     ``root/train``); None when it cannot be told without loading."""
-    classes = _spec(dataset).classes
+    classes = dataset_spec(dataset).classes
     if isinstance(classes, int):
         return classes
     return None if root is None else classes(Path(root).expanduser())
@@ -418,14 +515,14 @@ def dataset_classes(dataset: str, root: str | Path | None = None) -> int | None:
 
 def dataset_channels(dataset: str) -> int:
     """The number of image channels ``dataset`` loads with (1: grayscale, 3: RGB)."""
-    return _spec(dataset).channels
+    return dataset_spec(dataset).channels
 
 
 def check_source(dataset: str, root: str | Path | None = None, download: bool = False) -> tuple[int | None, int]:
     """Check, before any compute and without decoding, that ``dataset``'s files can be had from ``root``;
     returns ``(classes, channels)`` (classes None when unknown until loading). Raises ``ValueError``
     (``data_root: ...``) when they cannot."""
-    spec = _spec(dataset)
+    spec = dataset_spec(dataset)
     if spec.check is not None:
         try:
             spec.check(LoadRequest.of(root, download=download))
@@ -448,48 +545,35 @@ def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(train), np.sort(val)
 
 
+def training_selection(labels: np.ndarray, train_subset: int | None, validation_fraction: float,
+                       seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into the training split of the images trained on and of the validation split: a class-balanced
+    subset of ``train_subset`` samples (all when None), of which ``validation_fraction`` is held out
+    (class-balanced; none when 0)."""
+    keep = stratified_subset(labels, train_subset, seed) if train_subset is not None else np.arange(labels.size)
+    if validation_fraction == 0:
+        return keep, keep[:0]
+    train, val = validation_split(labels[keep], validation_fraction, seed)
+    return keep[train], keep[val]
+
+
 def load_data(dataset: str, *, root: str | Path | None = None, download: bool = False,
-              train_subset: int | None = None, seed: int = 0, image_size: int | None = None,
+              train_subset: int | None = None, seed: int = 0, preprocessing: Preprocessing | None = None,
               validation_fraction: float = 0.0) -> ImageData:
     """Load a dataset by name into memory: ``digits`` (offline, bundled with scikit-learn), ``cifar10``,
     ``cifar100`` (torchvision; ``download`` for users with internet) or ``imagefolder`` (``root`` with
-    ``train/`` and ``test/`` or ``val/``; images resized to ``image_size`` if they differ).
+    ``train/`` and ``test/`` or ``val/``; images sized for ``preprocessing`` by :func:`stored_side`).
 
     ``train_subset`` keeps a class-balanced subset of the training split; ``validation_fraction`` of what
     remains is then held out as the validation split (class-balanced)."""
-    request = LoadRequest.of(root, download=download, seed=seed, image_size=image_size)
-    x_tr, y_tr, x_te, y_te, num_classes = _spec(dataset).loader(request)
+    request = LoadRequest.of(root, download=download, seed=seed, preprocessing=preprocessing)
+    x_tr, y_tr, x_te, y_te, num_classes = dataset_spec(dataset).loader(request)
     y_tr = np.asarray(y_tr)
-    if train_subset is not None:
-        keep = stratified_subset(y_tr, train_subset, seed)
-        x_tr, y_tr = x_tr[keep], y_tr[keep]
-    x_val, y_val = x_tr[:0], y_tr[:0]
-    if validation_fraction > 0:
-        train, val = validation_split(y_tr, validation_fraction, seed)
-        x_tr, y_tr, x_val, y_val = x_tr[train], y_tr[train], x_tr[val], y_tr[val]
+    train, val = training_selection(y_tr, train_subset, validation_fraction, seed)
     images = lambda x: torch.from_numpy(np.ascontiguousarray(x))  # noqa: E731
     labels = lambda y: torch.as_tensor(np.asarray(y), dtype=torch.int64)  # noqa: E731
-    return ImageData(dataset, images(x_tr), labels(y_tr), images(x_te), labels(y_te), num_classes, images(x_val),
-                     labels(y_val))
-
-
-RESIZE_ON_LOADING_UP_TO = 64  # pixels
-
-
-def stored_image_size(input_size: int) -> int | None:
-    """The size images are kept at in memory for a model input of ``input_size`` pixels: a small input (at most
-    :data:`RESIZE_ON_LOADING_UP_TO`) is what they are resized to on loading; for a larger one they are kept as
-    decoded (``None``) and upscaled per batch on the device, so that small images (CIFAR at 224 px) stay small in
-    memory."""
-    return input_size if input_size <= RESIZE_ON_LOADING_UP_TO else None
-
-
-def load_data_for(config: StudyConfig) -> ImageData:
-    """The dataset a config names (see :func:`load_data`)."""
-    return load_data(config.dataset, root=config.data_root, download=config.download,
-                     train_subset=config.train_subset, seed=config.seed,
-                     image_size=stored_image_size(config.image_size),
-                     validation_fraction=config.validation_fraction)
+    return ImageData(dataset, images(x_tr[train]), labels(y_tr[train]), images(x_te), labels(y_te), num_classes,
+                     images(x_tr[val]), labels(y_tr[val]))
 
 
 # ------------------------------------------------------------------------------------------------ batches
@@ -510,36 +594,42 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 @dataclass(frozen=True)
 class BatchPipeline:
-    """Turns an :class:`ImageData` into model-ready float batches on ``device``.
+    """Turns an :class:`ImageData` (or streamed data) into model-ready float batches on the data's device.
 
     Training batches: a per-epoch permutation, random crop with zero padding and horizontal flip, drawn once
-    per epoch for all samples (deterministic per ``(seed, epoch, sample)``); then resize (to
-    ``input_size / 0.875`` and a ``input_size`` center crop, as ImageNet evaluation) when the model's input
-    size differs from the images', and per-channel normalization.
+    per epoch for all samples (deterministic per ``(seed, epoch, sample)``); then the ``preprocessing``: resize to
+    its resize size (unless the images are stored at it) and a center crop of the input size, when the images'
+    size differs from the model's input, and per-channel normalization.
     """
 
-    data: ImageData
+    data: Any  # ImageData or StreamedData: the same batch stream either way
     batch_size: int
-    input_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    preprocessing: Preprocessing
     crop_padding: int = 0
     hflip: bool = False
     eval_batch_size: int = 512
+
+    @property
+    def input_size(self) -> int:
+        return self.preprocessing.input_size
 
     def steps_per_epoch(self) -> int:
         return math.ceil(self.data.train_labels.numel() / self.batch_size)
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images -> normalized float input of the model's size."""
+        pre = self.preprocessing
         x = images.float().div_(255)
-        if x.shape[-1] != self.input_size:
-            resized = int(round(self.input_size / 0.875))
-            x = F.interpolate(x, size=(resized, resized), mode="bilinear", antialias=True, align_corners=False)
-            off = (resized - self.input_size) // 2
-            x = x[..., off:off + self.input_size, off:off + self.input_size]
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        side = x.shape[-1]
+        if side != pre.input_size:
+            if side != pre.resize_size:
+                antialias = pre.interpolation != "nearest"
+                x = F.interpolate(x, size=(pre.resize_size, pre.resize_size), mode=pre.interpolation,
+                                  antialias=antialias, **({"align_corners": False} if antialias else {}))
+            off = (pre.resize_size - pre.input_size) // 2
+            x = x[..., off:off + pre.input_size, off:off + pre.input_size]
+        mean = torch.tensor(pre.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(pre.std, device=x.device).view(1, -1, 1, 1)
         return (x - mean) / std
 
     def augment(self, images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
@@ -568,28 +658,24 @@ class BatchPipeline:
 
     def train_batches(self, seed: int, epoch: int) -> Iterator[Batch]:
         """The epoch's training batches on the data's device; the last batch may be smaller."""
-        device = self.data.train_images.device
-        order, offsets, flips = (t.to(device) for t in self.epoch_plan(seed, epoch))
-        for start in range(0, order.numel(), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            images = self.augment(self.data.train_images[idx], offsets[idx], flips[idx])
-            yield Batch(self.prepare(images), self.data.train_labels[idx], idx, epoch)
+        device = self.data.device
+        order, offsets, flips = self.epoch_plan(seed, epoch)
+        chunks = list(order.split(self.batch_size))
+        for idx, images in zip(chunks, self.data.image_batches("train", chunks)):
+            on_device = idx.to(device)
+            images = self.augment(images, offsets[idx].to(device), flips[idx].to(device))
+            yield Batch(self.prepare(images), self.data.train_labels[on_device], on_device, epoch)
 
     def eval_batches(self, split: str = "test") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """A split (``test`` or ``val``) in order, un-augmented."""
-        images, labels = self.data.split(split)
-        for start in range(0, labels.numel(), self.eval_batch_size):
-            end = start + self.eval_batch_size
-            yield self.prepare(images[start:end]), labels[start:end]
+        labels = self.data.labels(split)
+        chunks = list(torch.arange(labels.numel()).split(self.eval_batch_size))
+        for idx, images in zip(chunks, self.data.image_batches(split, chunks)):
+            yield self.prepare(images), labels[idx.to(labels.device)]
 
 
-def pipeline_for(config: StudyConfig, data: ImageData, batch_size: int) -> BatchPipeline:
-    """The batch pipeline a config describes (normalization from the data or ImageNet's statistics)."""
-    if config.normalization == "imagenet":
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
-        if data.channels == 1:
-            mean, std = mean[:1], std[:1]
-    else:
-        mean, std = data.channel_stats()
-    return BatchPipeline(data, batch_size, config.image_size, mean, std, config.crop_padding, config.hflip,
+def pipeline_for(config: StudyConfig, data: Any, batch_size: int) -> BatchPipeline:
+    """The batch pipeline a config describes, with the preprocessing of
+    :func:`~effrank_utils.training.preprocessing.preprocessing_for`."""
+    return BatchPipeline(data, batch_size, preprocessing_for(config, data), config.crop_padding, config.hflip,
                          config.eval_batch_size)

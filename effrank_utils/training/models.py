@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
@@ -54,24 +54,62 @@ def torchvision_vit_b_32(*, num_classes: int, pretrained: bool) -> nn.Module:
     return model
 
 
+HF_HUB_PREFIX = "hf-hub:"  # timm reads such a model's config (and weights) from the Hugging Face Hub
+
+
+def _hub_unreachable(name: str, exc: Exception) -> ValueError:
+    reason = " ".join(str(exc).split())[:160]
+    return ValueError(f"model: {name!r} is read from the Hugging Face Hub (its config, and its weights when "
+                      f"pretrained), which could not be reached ({type(exc).__name__}: {reason}); run once online "
+                      "to fill the Hugging Face cache (then HF_HUB_OFFLINE=1 works), or use a timm model name")
+
+
 def timm_model(name: str, *, num_classes: int, in_chans: int, image_size: int, pretrained: bool) -> nn.Module:
-    """Any timm model by name, with a ``num_classes`` head, ``in_chans`` inputs and ``image_size`` inputs."""
+    """Any timm model by name (``hf-hub:`` names too), with a ``num_classes`` head, ``in_chans`` inputs and
+    ``image_size`` inputs."""
     import timm
     _check_timm_name(name)
     try:
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans,
                                  img_size=image_size)
     except (OSError, RuntimeError) as exc:
+        if name.startswith(HF_HUB_PREFIX) and isinstance(exc, OSError):
+            raise _hub_unreachable(name, exc) from None
         if pretrained:
             raise _offline_error(name, exc) from None
         raise
 
 
+def timm_data_config(name: str, image_size: int) -> dict[str, Any]:
+    """timm's data config of model ``name`` at ``image_size`` (``resolve_model_data_config`` of the model built on
+    the meta device: no weights are read)."""
+    import timm
+    from timm.data import resolve_model_data_config
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False, img_size=image_size)
+    except OSError as exc:  # an hf-hub: name offline
+        raise _hub_unreachable(name, exc) from None
+    return resolve_model_data_config(model)
+
+
+def torchvision_data_config(weights: Any) -> dict[str, Any]:
+    """The data config of torchvision ``weights``: their ``transforms()`` (resize, crop, mean, std, interpolation)."""
+    transforms = weights.transforms()
+    return {"mean": tuple(transforms.mean), "std": tuple(transforms.std), "interpolation": transforms.interpolation,
+            "crop_pct": transforms.crop_size[0] / transforms.resize_size[0]}
+
+
+def _vit_b_32_data_config() -> dict[str, Any]:
+    from torchvision.models import ViT_B_32_Weights
+    return torchvision_data_config(ViT_B_32_Weights.IMAGENET1K_V1)
+
+
 def _check_timm_name(name: str) -> None:
     import timm
-    if not timm.is_model(name):
+    if not name.startswith(HF_HUB_PREFIX) and not timm.is_model(name):
         raise ValueError(f"model: unknown model {name!r}; use {', '.join(map(repr, MODELS))} or a timm model name "
-                         "(timm.list_models())")
+                         "(timm.list_models()) or an hf-hub: name")
 
 
 def _check_small_vit(config: "StudyConfig") -> None:
@@ -89,6 +127,8 @@ class ModelSpec:
     input_size: int | None = None     # the only input size it takes (None: any, from image_size)
     channels: int | None = None       # the only number of input channels it takes (None: any)
     check: Callable[["StudyConfig"], None] | None = None  # field checks specific to it
+    #: ``(name, image_size) -> (source in words, data config)`` for normalization="model"; None: it has none
+    data_config: Callable[[str, int], tuple[str, dict[str, Any]]] | None = None
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -99,10 +139,14 @@ MODELS: dict[str, ModelSpec] = {
         check=_check_small_vit),
     "vit_b_32": ModelSpec(lambda c, classes, chans: torchvision_vit_b_32(num_classes=classes,
                                                                           pretrained=c.pretrained),
-                          input_size=224, channels=3),
+                          input_size=224, channels=3,
+                          data_config=lambda name, size: ("torchvision ViT_B_32_Weights.IMAGENET1K_V1.transforms()",
+                                                          _vit_b_32_data_config())),
 }
 TIMM = ModelSpec(lambda c, classes, chans: timm_model(c.model, num_classes=classes, in_chans=chans,
-                                                      image_size=c.image_size, pretrained=c.pretrained))
+                                                      image_size=c.image_size, pretrained=c.pretrained),
+                 data_config=lambda name, size: (f"timm resolve_model_data_config({name})",
+                                                 timm_data_config(name, size)))
 
 
 def model_spec(name: str) -> ModelSpec:

@@ -30,10 +30,9 @@ def cache_key(teacher: nn.Module, pipeline: BatchPipeline, seed: int) -> str:
     for name, tensor in sorted(teacher.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    data = pipeline.data
-    h.update(data.train_images.cpu().numpy().tobytes())
-    h.update(data.train_labels.cpu().numpy().tobytes())
-    h.update(json.dumps({"seed": seed, "input_size": pipeline.input_size, "mean": pipeline.mean, "std": pipeline.std,
+    h.update(pipeline.data.fingerprint().encode())  # every split's images (or files) and labels
+    h.update(pipeline.data.train_labels.cpu().numpy().tobytes())
+    h.update(json.dumps({"seed": seed, "preprocessing": pipeline.preprocessing.to_dict(),
                          "crop_padding": pipeline.crop_padding, "hflip": pipeline.hflip}).encode())
     return h.hexdigest()[:20]
 

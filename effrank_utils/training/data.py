@@ -368,7 +368,7 @@ def read_image(path: Path, side: int | None, interpolation: str = "bilinear") ->
                            "remove or replace this file") from None
     if side is not None and img.size != (side, side):
         img = ImageOps.fit(img, (side, side), method=getattr(Image.Resampling, _PIL_FILTERS[interpolation]))
-    return np.asarray(img).transpose(2, 0, 1)
+    return np.ascontiguousarray(np.asarray(img).transpose(2, 0, 1))  # C x H x W, writable
 
 
 def image_sizes(paths: Sequence[Path]) -> set[tuple[int, int]]:

@@ -12,13 +12,12 @@ import dataclasses
 import functools
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .models import model_spec
 
 if TYPE_CHECKING:
     from ..records.config import StudyConfig
-    from .data import ImageData
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +26,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_CROP_PCT = 0.875  # ImageNet evaluation: resize 256, crop 224
 DEFAULT_INTERPOLATION = "bilinear"
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+
+
+class StatisticsSource(Protocol):
+    """Data whose training split gives per-channel statistics (in memory or streamed)."""
+
+    channels: int
+
+    def channel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]: ...
 
 
 @dataclass(frozen=True)
@@ -78,7 +85,7 @@ def model_data_config(model: str, image_size: int) -> tuple[str, dict[str, Any]]
     return spec.data_config(model, image_size)
 
 
-def preprocessing_for(config: StudyConfig, data: ImageData | None = None) -> Preprocessing:
+def preprocessing_for(config: StudyConfig, data: StatisticsSource | None = None) -> Preprocessing:
     """The preprocessing a config describes. The statistics of ``normalization='dataset'`` need ``data``; without
     it only the geometry (interpolation, crop) is meaningful and the statistics are ImageNet's placeholder."""
     channels = data.channels if data is not None else 3

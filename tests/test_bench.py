@@ -22,6 +22,7 @@ def test_bench_writes_its_figures(tmp_path):
     region = result["time_to_region"]
     assert region["dense"]["students"] > region["adaptive"]["students"]
     assert region["fast_path_over_teacher"] > 0 and region["paper_shape_estimate"]["over_teacher"] > 0
+    assert len(region["teacher_times_s"]) == 3 and region["teacher_s"] == min(region["teacher_times_s"])
     assert isinstance(region["adaptive"]["converged"], bool)
     assert 0 < result["teacher_step"]["fraction_of_peak"]
 

@@ -257,7 +257,8 @@ def test_cifar100_reads_torchvision_files(tmp_path, monkeypatch):
 def _pipeline(**kwargs) -> BatchPipeline:
     x = torch.arange(4 * 1 * 4 * 4, dtype=torch.uint8).reshape(4, 1, 4, 4)
     data = ImageData("toy", x, torch.arange(4), x, torch.arange(4), 4)
-    geometry = Preprocessing("test", (0.0,), (1.0,), "bilinear", 0.875, kwargs.pop("input_size", 4))
+    size = kwargs.pop("input_size", 4)
+    geometry = Preprocessing("test", (0.0,), (1.0,), "bilinear", 0.875, size, round(size / 0.875))
     return BatchPipeline(data, batch_size=2, preprocessing=geometry, **kwargs)
 
 

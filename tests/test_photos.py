@@ -49,9 +49,9 @@ def make_photo_folder(root, per_class=4, classes=("cat", "dog"), test_per_class=
 
 def test_every_kind_of_photo_decodes_to_rgb_of_one_size(tmp_path):
     make_photo_folder(tmp_path)
-    geometry = Preprocessing("test", (0.5,) * 3, (0.5,) * 3, "bicubic", 0.9, 224)
+    geometry = Preprocessing("test", (0.5,) * 3, (0.5,) * 3, "bicubic", 0.9, 224, 248)
     data = load_data("imagefolder", root=tmp_path, preprocessing=geometry)
-    assert data.train_images.shape == (8, 3, 249, 249) and data.test_images.shape == (4, 3, 249, 249)
+    assert data.train_images.shape == (8, 3, 248, 248) and data.test_images.shape == (4, 3, 248, 248)
     assert data.train_images.dtype.is_floating_point is False
 
 
@@ -87,8 +87,13 @@ def test_grayscale_rgba_and_16_bit_become_rgb(tmp_path):
     (224, {(200, 300)}, 256),                    # not square: shorter side to the resize size, center square
 ])
 def test_the_size_rule(input_size, sizes, side):
-    geometry = Preprocessing("test", (0.5,), (0.5,), "bilinear", 0.875, input_size)
-    assert stored_side(geometry, sizes) == side
+    geometry = Preprocessing("test", (0.5,), (0.5,), "bilinear", 0.875, input_size, round(input_size / 0.875))
+    assert stored_side(geometry, lambda: sizes) == side
+
+
+def test_a_small_input_reads_no_image_headers():
+    geometry = Preprocessing("test", (0.5,), (0.5,), "bilinear", 0.875, 32, 37)
+    assert stored_side(geometry, lambda: pytest.fail("read the sizes")) == 32
 
 
 def test_shorter_side_resize_keeps_the_center(tmp_path):
@@ -106,7 +111,7 @@ def test_a_timm_vit_at_224_runs_the_sweep_on_a_photo_folder(tmp_path):
                          teacher_epochs=1, ranks=[2, 8], student_epochs=1, teacher_batch_size=4,
                          student_batch_size=4, eval_batch_size=8)
     data = load_data_for(config)
-    assert data.train_images.shape[1:] == (3, 249, 249)  # timm's crop 0.9: resized to 249, cropped to 224 per batch
+    assert data.train_images.shape[1:] == (3, 248, 248)  # timm: floor(224 / 0.9), cropped to 224 per batch
     table = run_sweep(config, tmp_path / "run", data=data)
     assert sorted(table["rank"]) == [2, 8] and table["status"].eq("ok").all()
     study = load_study(tmp_path / "run")
@@ -115,4 +120,4 @@ def test_a_timm_vit_at_224_runs_the_sweep_on_a_photo_folder(tmp_path):
     record = json.loads((tmp_path / "run" / "config.json").read_text())
     assert summary["preprocessing"] == record["preprocessing"] == {
         "source": "timm resolve_model_data_config(vit_tiny_patch16_224)", "mean": [0.5, 0.5, 0.5],
-        "std": [0.5, 0.5, 0.5], "interpolation": "bicubic", "crop_pct": 0.9, "input_size": 224, "resize_size": 249}
+        "std": [0.5, 0.5, 0.5], "interpolation": "bicubic", "crop_pct": 0.9, "input_size": 224, "resize_size": 248}

@@ -1,6 +1,8 @@
 """normalization="model": a model's own statistics, interpolation and crop, from timm's data config or the
 torchvision weights' transforms; the default with pretrained weights; recorded where the results are."""
 
+import math
+
 import pytest
 import timm
 import torch
@@ -23,7 +25,7 @@ def test_model_normalization_is_timms_data_config(name):
     got = preprocessing_for(config)
     assert got.mean == pytest.approx(expected["mean"]) and got.std == pytest.approx(expected["std"])
     assert got.interpolation == expected["interpolation"] and got.crop_pct == pytest.approx(expected["crop_pct"])
-    assert got.resize_size == round(224 / expected["crop_pct"])
+    assert got.resize_size == math.floor(224 / expected["crop_pct"])  # as timm's transforms_factory
 
 
 def test_the_two_timm_models_differ_as_their_weights_do():
@@ -57,9 +59,14 @@ def test_the_pipeline_resizes_with_the_models_interpolation_and_crop():
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     data = ImageData("toy", images, torch.arange(2), images, torch.arange(2), 2)
     x = pipeline_for(config, data, 2).prepare(images)
-    expected = F.interpolate(images.float() / 255, size=(249, 249), mode="bicubic", antialias=True,
+    expected = F.interpolate(images.float() / 255, size=(248, 248), mode="bicubic", antialias=True,
                              align_corners=False)[..., 12:236, 12:236]
     assert torch.allclose(x, (expected - 0.5) / 0.5, atol=1e-6)
+
+
+def test_a_timm_model_that_is_no_vit_is_refused_in_one_line():
+    with pytest.raises(ValueError, match="^model: the timm model 'resnet18' takes no input size"):
+        preprocessing_for(config_from_dict({"model": "resnet18", "image_size": 224, "normalization": "model"}))
 
 
 def test_dataset_and_imagenet_keep_the_imagenet_evaluation_geometry():

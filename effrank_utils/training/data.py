@@ -16,7 +16,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +35,25 @@ CACHE_ENV = "EFFRANK_CACHE"
 DIGITS_TEST_FRACTION = 0.2
 _MEMOS = ("_stats", "_fingerprint")  # per-object results that stay valid for a copy on another device
 SPLITS = ("train", "val", "test")
+
+
+STATS_BATCH = 256  # images per step of the channel statistics
+
+
+def channel_stats_of(batches: Iterable[torch.Tensor], channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (unbiased) std, in [0, 1] units, of uint8 image batches, summed in float64: the same
+    numbers whether the images are held in memory or streamed batch by batch."""
+    total = torch.zeros(channels, dtype=torch.float64)
+    squares = torch.zeros(channels, dtype=torch.float64)
+    count = 0
+    for images in batches:
+        x = images.detach().to("cpu", torch.float64).div_(255)
+        total += x.sum(dim=(0, 2, 3))
+        squares += x.square().sum(dim=(0, 2, 3))
+        count += x.numel() // channels
+    mean = total / count
+    std = ((squares - count * mean.square()) / (count - 1)).clamp_min(0).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())
 
 
 class DatasetNotAvailable(FileNotFoundError):
@@ -77,10 +96,10 @@ class ImageData:
         return self.split(split)[1]
 
     def image_batches(self, split: str, chunks: Sequence[torch.Tensor]) -> Iterator[torch.Tensor]:
-        """The uint8 images of ``split`` at each chunk of indices, in turn, on the data's device."""
+        """The uint8 images of ``split`` at each chunk of indices (on the data's device), in turn."""
         images = self.split(split)[0]
         for idx in chunks:
-            yield images[idx.to(images.device)]
+            yield images[idx]
 
     @property
     def device(self) -> torch.device:
@@ -105,10 +124,8 @@ class ImageData:
 
     def channel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Per-channel mean and std of the training split, in [0, 1] units (computed once)."""
-        def compute() -> tuple[tuple[float, ...], tuple[float, ...]]:
-            x = self.train_images.float().div_(255)
-            return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).tolist())
-        return self._memo("_stats", compute)
+        chunks = list(torch.arange(self.train_labels.numel()).split(STATS_BATCH))
+        return self._memo("_stats", lambda: channel_stats_of(self.image_batches("train", chunks), self.channels))
 
     def fingerprint(self) -> str:
         """A hex digest of the content (every split's images and labels, and ``num_classes``), computed once.
@@ -321,9 +338,9 @@ RESIZE_ON_LOADING_UP_TO = 64  # pixels
 _PIL_FILTERS = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "nearest": "NEAREST"}
 
 
-def stored_side(preprocessing: Preprocessing, sizes: set[tuple[int, int]]) -> int | None:
-    """The side (square) images of ``sizes`` (width, height) are kept at for model input ``preprocessing``, or
-    None to keep them as decoded.
+def stored_side(preprocessing: Preprocessing, sizes: Callable[[], set[tuple[int, int]]]) -> int | None:
+    """The side (square) images are kept at for model input ``preprocessing``, or None to keep them as decoded;
+    ``sizes()`` gives their distinct (width, height), read only when the rule needs them.
 
     * A small input (at most :data:`RESIZE_ON_LOADING_UP_TO` pixels) is what images are resized to on loading.
     * Images that are all one square size no larger than the preprocessing's resize size (CIFAR at 224 px) are
@@ -333,8 +350,9 @@ def stored_side(preprocessing: Preprocessing, sizes: set[tuple[int, int]]) -> in
     """
     if preprocessing.input_size <= RESIZE_ON_LOADING_UP_TO:
         return preprocessing.input_size
-    if len(sizes) == 1:
-        ((width, height),) = sizes
+    found = sizes()
+    if len(found) == 1:
+        ((width, height),) = found
         if width == height <= preprocessing.resize_size:
             return None
     return preprocessing.resize_size
@@ -379,6 +397,9 @@ def image_sizes(paths: Sequence[Path]) -> set[tuple[int, int]]:
         try:
             with Image.open(path) as opened:
                 sizes.add(opened.size)
+        except Image.DecompressionBombError as exc:
+            raise CorruptImage(f"data_root: the image {path} is too large to decode ({str(exc).rstrip('.')}); "
+                               "resize it below twice Image.MAX_IMAGE_PIXELS or remove this file") from None
         except (OSError, SyntaxError, ValueError) as exc:
             raise CorruptImage(f"data_root: cannot read the image {path} ({type(exc).__name__}: {exc}); "
                                "remove or replace this file") from None
@@ -389,7 +410,7 @@ def folder_side(request: LoadRequest, paths: Sequence[Path]) -> int | None:
     """The side a folder's images are kept at (:func:`stored_side`); None also when nothing asks for a size."""
     if request.preprocessing is None:
         return None
-    return stored_side(request.preprocessing, image_sizes(paths))
+    return stored_side(request.preprocessing, lambda: image_sizes(paths))
 
 
 def _decode(split_dir: Path, samples: list[tuple[Path, int]], side: int | None,
@@ -401,7 +422,7 @@ def _decode(split_dir: Path, samples: list[tuple[Path, int]], side: int | None,
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
         raise ValueError(f"data_root: images under {split_dir} differ in size ({sorted(shapes)[:3]}...); "
-                         "set image_size above 64 (they are then resized on loading) or resize them")
+                         "load them for a model input (a preprocessing), which resizes them, or resize them")
     return np.stack(images), np.asarray([label for _, label in samples], dtype=np.int64)
 
 
@@ -658,20 +679,18 @@ class BatchPipeline:
 
     def train_batches(self, seed: int, epoch: int) -> Iterator[Batch]:
         """The epoch's training batches on the data's device; the last batch may be smaller."""
-        device = self.data.device
-        order, offsets, flips = self.epoch_plan(seed, epoch)
+        order, offsets, flips = (t.to(self.data.device) for t in self.epoch_plan(seed, epoch))
         chunks = list(order.split(self.batch_size))
         for idx, images in zip(chunks, self.data.image_batches("train", chunks)):
-            on_device = idx.to(device)
-            images = self.augment(images, offsets[idx].to(device), flips[idx].to(device))
-            yield Batch(self.prepare(images), self.data.train_labels[on_device], on_device, epoch)
+            images = self.augment(images, offsets[idx], flips[idx])
+            yield Batch(self.prepare(images), self.data.train_labels[idx], idx, epoch)
 
     def eval_batches(self, split: str = "test") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """A split (``test`` or ``val``) in order, un-augmented."""
         labels = self.data.labels(split)
-        chunks = list(torch.arange(labels.numel()).split(self.eval_batch_size))
+        chunks = list(torch.arange(labels.numel(), device=labels.device).split(self.eval_batch_size))
         for idx, images in zip(chunks, self.data.image_batches(split, chunks)):
-            yield self.prepare(images), labels[idx.to(labels.device)]
+            yield self.prepare(images), labels[idx]
 
 
 def pipeline_for(config: StudyConfig, data: Any, batch_size: int) -> BatchPipeline:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING
 
@@ -37,18 +38,18 @@ def decoded_bytes(images: int, channels: int, side: int) -> int:
 def load_data_for(config: StudyConfig) -> ImageData | StreamedData:
     """The dataset a config names (see :func:`~effrank_utils.training.data.load_data`), sized for its model's
     preprocessing; an image folder is streamed with ``data_loading='stream'``, or with ``'auto'`` when its decoded
-    training split would take more than ``memory_budget`` GiB."""
+    folder (both splits, as loading into memory decodes them) would take more than ``memory_budget`` GiB."""
     geometry = preprocessing_for(config)  # the statistics come later, from the data: only the sizing is used here
     if config.data_loading == "memory" or not dataset_spec(config.dataset).image_files:
         return _in_memory(config, geometry)
     request = LoadRequest.of(config.data_root, seed=config.seed, preprocessing=geometry)
     folder = folder_samples(request)
-    sizes = image_sizes([path for path, _ in folder.train + folder.test])
+    sizes = functools.cache(lambda: image_sizes([path for path, _ in folder.train + folder.test]))
     side = stored_side(geometry, sizes)
     labels = np.asarray([label for _, label in folder.train], dtype=np.int64)
     train, val = training_selection(labels, config.train_subset, config.validation_fraction, config.seed)
-    held = side or max(max(size) for size in sizes)
-    need = decoded_bytes(train.size + val.size, 3, held)
+    held = side or max(max(size) for size in sizes())
+    need = decoded_bytes(len(folder.train) + len(folder.test), 3, held)  # memory decodes both splits whole
     if config.data_loading == "auto":
         if need <= config.memory_budget * GIB:
             return _in_memory(config, geometry)

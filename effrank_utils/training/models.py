@@ -64,6 +64,11 @@ def _hub_unreachable(name: str, exc: Exception) -> ValueError:
                       "to fill the Hugging Face cache (then HF_HUB_OFFLINE=1 works), or use a timm model name")
 
 
+def _not_a_vit(name: str, exc: Exception) -> ValueError:
+    return ValueError(f"model: the timm model {name!r} takes no input size ({exc}); effrank factorizes Vision "
+                      "Transformers: use a ViT-style timm model (timm.list_models('vit_*'), 'deit_*', ...)")
+
+
 def timm_model(name: str, *, num_classes: int, in_chans: int, image_size: int, pretrained: bool) -> nn.Module:
     """Any timm model by name (``hf-hub:`` names too), with a ``num_classes`` head, ``in_chans`` inputs and
     ``image_size`` inputs."""
@@ -72,6 +77,8 @@ def timm_model(name: str, *, num_classes: int, in_chans: int, image_size: int, p
     try:
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans,
                                  img_size=image_size)
+    except TypeError as exc:  # a convolutional network: no img_size argument
+        raise _not_a_vit(name, exc) from None
     except (OSError, RuntimeError) as exc:
         if name.startswith(HF_HUB_PREFIX) and isinstance(exc, OSError):
             raise _hub_unreachable(name, exc) from None
@@ -90,6 +97,8 @@ def timm_data_config(name: str, image_size: int) -> dict[str, Any]:
             model = timm.create_model(name, pretrained=False, img_size=image_size)
     except OSError as exc:  # an hf-hub: name offline
         raise _hub_unreachable(name, exc) from None
+    except TypeError as exc:
+        raise _not_a_vit(name, exc) from None
     return resolve_model_data_config(model)
 
 
@@ -97,7 +106,7 @@ def torchvision_data_config(weights: Any) -> dict[str, Any]:
     """The data config of torchvision ``weights``: their ``transforms()`` (resize, crop, mean, std, interpolation)."""
     transforms = weights.transforms()
     return {"mean": tuple(transforms.mean), "std": tuple(transforms.std), "interpolation": transforms.interpolation,
-            "crop_pct": transforms.crop_size[0] / transforms.resize_size[0]}
+            "crop_pct": transforms.crop_size[0] / transforms.resize_size[0], "resize_size": transforms.resize_size[0]}
 
 
 def _vit_b_32_data_config() -> dict[str, Any]:

@@ -3,7 +3,8 @@
 ``normalization`` chooses where they come from: ``dataset`` (the training split's statistics), ``imagenet``
 (ImageNet's) or ``model`` (the model's own data config: timm's ``resolve_model_data_config``, or the
 torchvision weights' transforms), which is what pretrained weights were trained with. The geometry is the
-ImageNet evaluation one: resize to ``input_size / crop_pct``, then a center crop of ``input_size``.
+ImageNet evaluation one: resize to ``input_size / crop_pct`` (floored, as timm does, for a model's data config;
+the weights' own size for torchvision), then a center crop of ``input_size``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -47,11 +49,7 @@ class Preprocessing:
     interpolation: str
     crop_pct: float
     input_size: int
-
-    @property
-    def resize_size(self) -> int:
-        """The side images are resized to before the center crop of ``input_size``."""
-        return int(round(self.input_size / self.crop_pct))
+    resize_size: int  # the side images are resized to before the center crop of ``input_size``
 
     def describe(self) -> str:
         """``mean (0.5, 0.5, 0.5), std (0.5, 0.5, 0.5), bicubic resize to 249, center crop 224 (timm ...)``."""
@@ -61,7 +59,7 @@ class Preprocessing:
 
     def to_dict(self) -> dict[str, Any]:
         """For ``config.json`` and ``summary.json``."""
-        return dataclasses.asdict(self) | {"resize_size": self.resize_size}
+        return dataclasses.asdict(self)
 
 
 def _interpolation(value: Any) -> str:
@@ -93,8 +91,10 @@ def preprocessing_for(config: StudyConfig, data: StatisticsSource | None = None)
         source, cfg = model_data_config(config.model, config.image_size)
         mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
         interpolation, crop_pct = _interpolation(cfg["interpolation"]), float(cfg["crop_pct"])
+        resize = int(cfg["resize_size"]) if "resize_size" in cfg else math.floor(config.image_size / crop_pct)
     else:
         source, interpolation, crop_pct = config.normalization, DEFAULT_INTERPOLATION, DEFAULT_CROP_PCT
+        resize = int(round(config.image_size / crop_pct))
         if config.normalization == "dataset" and data is not None:
             mean, std = data.channel_stats()
         else:
@@ -102,4 +102,4 @@ def preprocessing_for(config: StudyConfig, data: StatisticsSource | None = None)
     if len(mean) != channels:  # grayscale data through statistics of RGB: the first channel's
         mean, std = mean[:channels], std[:channels]
     return Preprocessing(source, tuple(map(float, mean)), tuple(map(float, std)), interpolation, crop_pct,
-                         config.image_size)
+                         config.image_size, resize)

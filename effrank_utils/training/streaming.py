@@ -27,12 +27,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..base.storage import write_json
 from ..records.run_folder import FILE_FINGERPRINT_PREFIX
-from .data import SPLITS, cache_dir, read_image
+from .data import SPLITS, STATS_BATCH, cache_dir, channel_stats_of, read_image
 
 log = logging.getLogger(__name__)
 
 FINGERPRINT_SAMPLE = 16  # decoded images per split that enter the fingerprint
-STATS_BATCH = 256  # images per batch of the pass that computes the channel statistics
 MAX_DEFAULT_WORKERS = 8
 
 
@@ -100,8 +99,9 @@ class StreamedData:
         """The uint8 images of ``split`` at each chunk of indices, decoded by ``workers`` processes (prefetching,
         into pinned memory for a GPU), on the data's device."""
         gpu = self.device.type == "cuda"
+        plan = torch.cat(list(chunks)).cpu().split([len(chunk) for chunk in chunks]) if chunks else ()
         loader = DataLoader(_ImageFiles(self.files[split], self.side, self.interpolation),
-                            batch_sampler=[chunk.tolist() for chunk in chunks], num_workers=self.workers,
+                            batch_sampler=[chunk.tolist() for chunk in plan], num_workers=self.workers,
                             pin_memory=gpu, prefetch_factor=4 if self.workers else None,
                             persistent_workers=False)
         for images in loader:
@@ -147,26 +147,11 @@ class StreamedData:
                 return tuple(saved["mean"]), tuple(saved["std"])
             except (OSError, ValueError, KeyError, TypeError):
                 pass
-            mean, std = self._measure_stats()
+            chunks = list(torch.arange(self.train_labels.numel()).split(STATS_BATCH))
+            mean, std = channel_stats_of(self.to("cpu").image_batches("train", chunks), self.channels)
             try:
                 write_json(cache, {"mean": mean, "std": std})
             except OSError as exc:  # a read-only home is no reason to fail
                 log.warning("could not cache the channel statistics at %s: %s", cache, exc)
             return mean, std
         return self._memo("stats", compute)
-
-    def _measure_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        from tqdm.auto import tqdm
-        total = torch.zeros(self.channels, dtype=torch.float64)
-        squares = torch.zeros(self.channels, dtype=torch.float64)
-        count = 0
-        chunks = list(torch.arange(self.train_labels.numel()).split(STATS_BATCH))
-        for images in tqdm(self.to("cpu").image_batches("train", chunks), total=len(chunks),
-                           desc="channel statistics", leave=False):
-            x = images.double().div_(255)
-            total += x.sum(dim=(0, 2, 3))
-            squares += x.square().sum(dim=(0, 2, 3))
-            count += x.numel() // self.channels
-        mean = total / count
-        std = ((squares - count * mean.square()) / (count - 1)).clamp_min(0).sqrt()
-        return tuple(mean.tolist()), tuple(std.tolist())

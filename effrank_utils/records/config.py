@@ -108,9 +108,9 @@ class StudyConfig:
     refine_rounds: int = _field("sweep", 4, "adaptive: rounds of added ranks at most")
     data_loading: str = _field("execution", "auto", "memory: decode every image once and keep them; stream: read "
                                                     "and decode per batch in worker processes (imagefolder); "
-                                                    "auto: stream when the decoded training split would exceed "
+                                                    "auto: stream when the decoded images (both splits) would exceed "
                                                     "memory_budget")
-    memory_budget: float = _field("execution", 8.0, "auto: GiB the decoded training split may take in memory")
+    memory_budget: float = _field("execution", 8.0, "auto: GiB the decoded images (both splits) may take in memory")
     data_workers: int | None = _field("execution", None, "stream: decoding processes (0: in the training process; "
                                                          "default: the CPU cores, at most 8)")
     compile: bool = _field("execution", False, "run teacher and students through torch.compile (CUDA; a no-op "

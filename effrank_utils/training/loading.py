@@ -53,8 +53,8 @@ def load_data_for(config: StudyConfig) -> ImageData | StreamedData:
     if config.data_loading == "auto":
         if need <= config.memory_budget * GIB:
             return _in_memory(config, geometry)
-        log.info("data_loading auto: the decoded training split would take %.1f GiB (memory_budget %.1f GiB); "
-                 "streaming it from %s", need / GIB, config.memory_budget, request.root)
+        log.info("data_loading auto: the decoded images would take %.1f GiB (memory_budget %.1f GiB); "
+                 "streaming them from %s", need / GIB, config.memory_budget, request.root)
     paths = [path for path, _ in folder.train]
 
     def split(indices: np.ndarray) -> tuple[tuple, torch.Tensor]:

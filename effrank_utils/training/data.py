@@ -33,11 +33,19 @@ log = logging.getLogger(__name__)
 
 CACHE_ENV = "EFFRANK_CACHE"
 DIGITS_TEST_FRACTION = 0.2
-_MEMOS = ("_stats", "_fingerprint")  # per-object results that stay valid for a copy on another device
+MEMOS = ("_stats", "_fingerprint")  # per-object results that stay valid for a copy on another device
 SPLITS = ("train", "val", "test")
 
 
 STATS_BATCH = 256  # images per step of the channel statistics
+
+
+def memo(obj: Any, key: str, compute: Callable[[], Any]) -> Any:
+    """``compute()`` once per object under ``key`` (a frozen dataclass: kept in ``__dict__``, not set); ``key``
+    should be one of :data:`MEMOS` so that a copy on another device keeps it."""
+    if key not in obj.__dict__:
+        obj.__dict__[key] = compute()
+    return obj.__dict__[key]
 
 
 def channel_stats_of(batches: Iterable[torch.Tensor], channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -118,9 +126,7 @@ class ImageData:
         return int(self.train_images.shape[-1])
 
     def _memo(self, key: str, compute: Callable[[], Any]) -> Any:
-        if key not in self.__dict__:  # frozen dataclass: memoize without __setattr__
-            self.__dict__[key] = compute()
-        return self.__dict__[key]
+        return memo(self, key, compute)
 
     def channel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Per-channel mean and std of the training split, in [0, 1] units (computed once)."""
@@ -155,7 +161,7 @@ class ImageData:
 
         moved = ImageData(self.name, move(self.train_images), move(self.train_labels), move(self.test_images),
                           move(self.test_labels), self.num_classes, move(self.val_images), move(self.val_labels))
-        moved.__dict__.update({k: v for k, v in self.__dict__.items() if k in _MEMOS})
+        moved.__dict__.update({k: v for k, v in self.__dict__.items() if k in MEMOS})
         return moved
 
 

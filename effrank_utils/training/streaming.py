@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..base.storage import write_json
 from ..records.run_folder import FILE_FINGERPRINT_PREFIX
-from .data import SPLITS, STATS_BATCH, cache_dir, channel_stats_of, read_image
+from .data import MEMOS, SPLITS, STATS_BATCH, cache_dir, channel_stats_of, memo, read_image
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +113,8 @@ class StreamedData:
         if device == self.device:
             return self
         moved = replace(self, targets={k: v.to(device) for k, v in self.targets.items()}, device=device)
-        moved.__dict__.update({k: v for k, v in self.__dict__.items() if k.startswith("_memo_")})
+        moved.__dict__.update({k: v for k, v in self.__dict__.items() if k in MEMOS})
         return moved
-
-    def _memo(self, key: str, compute):  # frozen dataclass: memoize without __setattr__
-        key = f"_memo_{key}"
-        if key not in self.__dict__:
-            self.__dict__[key] = compute()
-        return self.__dict__[key]
 
     def fingerprint(self) -> str:
         """A digest of the file list (relative paths, sizes, labels, per split), the sizing and a sample of
@@ -135,7 +129,7 @@ class StreamedData:
                 for i in np.linspace(0, len(paths) - 1, min(FINGERPRINT_SAMPLE, len(paths))).round().astype(int):
                     h.update(read_image(paths[i], self.side, self.interpolation).tobytes())
             return FILE_FINGERPRINT_PREFIX + h.hexdigest()[:20]
-        return self._memo("fingerprint", compute)
+        return memo(self, "_fingerprint", compute)
 
     def channel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Per-channel mean and std of the training split in [0, 1] units: one streamed pass, then kept in the
@@ -154,4 +148,4 @@ class StreamedData:
             except OSError as exc:  # a read-only home is no reason to fail
                 log.warning("could not cache the channel statistics at %s: %s", cache, exc)
             return mean, std
-        return self._memo("stats", compute)
+        return memo(self, "_stats", compute)

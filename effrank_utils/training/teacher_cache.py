@@ -31,7 +31,6 @@ def cache_key(teacher: nn.Module, pipeline: BatchPipeline, seed: int) -> str:
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     h.update(pipeline.data.fingerprint().encode())  # every split's images (or files) and labels
-    h.update(pipeline.data.train_labels.cpu().numpy().tobytes())
     h.update(json.dumps({"seed": seed, "preprocessing": pipeline.preprocessing.to_dict(),
                          "crop_padding": pipeline.crop_padding, "hflip": pipeline.hflip}).encode())
     return h.hexdigest()[:20]

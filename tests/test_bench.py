@@ -20,10 +20,14 @@ def test_bench_writes_its_figures(tmp_path):
     result = json.loads(out.read_text())
     assert result["fused"]["speedup"] > 0 and result["fused"]["k"] == 2
     region = result["time_to_region"]
-    assert region["dense"]["students"] > region["adaptive"]["students"]
-    assert region["fast_path_over_teacher"] > 0 and region["paper_shape_estimate"]["over_teacher"] > 0
+    candidates = region["candidates"]
+    assert list(candidates) == ["adaptive + fused", "+ band stop", "+ band stop + teacher cache"]
+    for sweep in [region["dense"], *candidates.values()]:
+        assert sweep["over_teacher"] > 0 and isinstance(sweep["converged"], bool) and sweep["verdict"]
+        assert isinstance(sweep["agrees_with_dense"], bool) and sweep["student_epochs"] >= sweep["students"]
+    assert region["dense"]["students"] == len(region["dense_ranks"]) > candidates["adaptive + fused"]["students"]
+    assert region["dense"]["speedup_vs_dense"] == 1.0 and region["paper_shape_estimate"]["over_teacher"] > 0
     assert len(region["teacher_times_s"]) == 3 and region["teacher_s"] == min(region["teacher_times_s"])
-    assert isinstance(region["adaptive"]["converged"], bool)
     assert 0 < result["teacher_step"]["fraction_of_peak"]
 
 
@@ -89,3 +93,14 @@ def test_paper_gpu_benchmark_runs_tiny_on_the_cpu(tmp_path):
     assert result["projection"]["paper_protocol_hours"] > result["projection"]["teacher_hours"] > 0
     assert set(result["targets"]) == {"teacher_fraction_of_peak", "student rank 4_fraction_of_peak",
                                       "students_in_flight_speedup"}
+
+
+def test_neighbour_experiment_compares_the_chain_with_independent_students(tmp_path):
+    out = tmp_path / "neighbour.json"
+    run("bench/neighbour.py", "--preset", "smoke", "--ranks", "4,2", "--epochs", "2", "--out", str(out))
+    record = json.loads(out.read_text())
+    assert set(record["runs"]) == {"independent", "from_neighbour"} == set(record["curves"])
+    # the top rank starts from the teacher in both; the lower one from the trained rank-4 student in the chain
+    assert record["runs"]["independent"]["4"]["before"] == record["runs"]["from_neighbour"]["4"]["before"]
+    assert record["runs"]["independent"]["2"]["before"] != record["runs"]["from_neighbour"]["2"]["before"]
+    assert all(len(r["test"]) == 2 for run_ in record["runs"].values() for r in run_.values())

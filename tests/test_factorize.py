@@ -16,6 +16,7 @@ from effrank_utils.lowrank.factorize import (
     break_even_rank,
     count_parameters,
     factorize,
+    from_neighbour,
     low_rank_parameters,
     parameter_report,
     target_layers,
@@ -212,3 +213,48 @@ def test_cuda_teacher_gives_a_cuda_student():
     x = torch.randn(3, 3, 32, 32, device="cuda")
     with torch.no_grad():
         assert (student(x) - teacher(x)).abs().max() < 1e-4
+
+
+def _trained_like(student: nn.Module) -> nn.Module:
+    """The student with every parameter moved off its init (as training would), so copies can be told apart."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return student
+
+
+def test_warm_start_from_the_neighbour_truncates_each_trained_product(small_vit):
+    neighbour = _trained_like(quiet_factorize(small_vit, 6))
+    before = copy.deepcopy(neighbour.state_dict())
+    warm = from_neighbour(neighbour, 3)
+    for name, pair in neighbour.named_modules():
+        if isinstance(pair, LowRankLinear):
+            new = warm.get_submodule(name)
+            product = (pair.up.weight @ pair.down.weight).detach().double()
+            sigma = torch.linalg.svdvals(product)
+            error = torch.linalg.matrix_norm(product - new.weight.detach().double())
+            assert new.rank == 3 and math.isclose(error.item(), sigma[3:].square().sum().sqrt().item(), rel_tol=1e-4)
+            assert torch.equal(new.up.bias, pair.up.bias)  # the trained bias, not the teacher's
+    kept = {k: v for k, v in warm.state_dict().items() if ".down." not in k and ".up.weight" not in k}
+    assert kept and all(torch.equal(v, neighbour.state_dict()[k]) for k, v in kept.items())  # norms, head, ...
+    assert all(torch.equal(v, neighbour.state_dict()[k]) for k, v in before.items())  # the neighbour untouched
+    assert all(p.requires_grad for p in warm.parameters())
+
+
+def test_warm_start_at_the_neighbours_own_rank_computes_what_it_computes(small_vit):
+    neighbour = _trained_like(quiet_factorize(small_vit, 4)).eval()
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        assert (from_neighbour(neighbour, 4)(x) - neighbour(x)).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("rank, match", [(7, r"rank: must be an integer in 1\.\.6"), (0, "rank:"), (2.0, "rank:")])
+def test_warm_start_refuses_ranks_the_neighbour_cannot_give(small_vit, rank, match):
+    with pytest.raises(ValueError, match=match):
+        from_neighbour(quiet_factorize(small_vit, 6), rank)
+
+
+def test_warm_start_needs_a_student(small_vit):
+    with pytest.raises(ValueError, match="student: VisionTransformer has no low-rank pairs"):
+        from_neighbour(small_vit, 2)

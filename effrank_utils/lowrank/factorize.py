@@ -307,8 +307,9 @@ def _validate(model: nn.Module, rank: object, init: str, layers: Sequence[Target
     return rank
 
 
-def _factor(linear: nn.Linear, rank: int, init: str) -> LowRankLinear:
-    """A rank-``rank`` pair for ``linear``, its factors set by the init's ``factors`` step."""
+def _factor(linear: nn.Linear | LowRankLinear, rank: int, init: str) -> LowRankLinear:
+    """A rank-``rank`` pair for ``linear`` (a dense map, or a pair read as its product), its factors set by the
+    init's ``factors`` step."""
     w = linear.weight.detach()
     pair = LowRankLinear(linear.in_features, linear.out_features, rank, bias=linear.bias is not None)
     pair.to(device=w.device, dtype=w.dtype)
@@ -417,6 +418,39 @@ def factorize(teacher: nn.Module, rank: int, *, init: str = "svd", targets: str 
         if INITS[init].student is not None:
             INITS[init].student(student)
     return student
+
+
+def from_neighbour(student: nn.Module, rank: int) -> nn.Module:
+    """A rank-``rank`` student warm-started from a trained student of a higher rank (its grid neighbour).
+
+    Parameters
+    ----------
+    student
+        A student (from :func:`factorize`, trained or not) whose pairs all have rank ``>= rank``; not modified.
+    rank
+        The new rank, an integer in ``1..`` the smallest rank among ``student``'s pairs.
+
+    Notes
+    -----
+    Each pair's dense product ``up @ down`` is truncated by SVD to ``rank`` (the best rank-``rank`` approximation
+    of what the trained neighbour computes, Eckart-Young), its bias kept; everything else (embeddings, norms,
+    head) is copied as the neighbour trained it. At the neighbour's own rank the copy computes what it computes.
+
+    Examples
+    --------
+    >>> student_2 = from_neighbour(trained_student_3, 2)  # doctest: +SKIP
+    """
+    pairs = [(name, m) for name, m in student.named_modules() if isinstance(m, LowRankLinear)]
+    if not pairs:
+        raise ValueError(f"student: {type(student).__name__} has no low-rank pairs; build it with factorize()")
+    limit = min(pair.rank for _, pair in pairs)
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= limit:
+        raise ValueError(f"rank: must be an integer in 1..{limit} (the neighbour's rank), got {rank!r}")
+    warm = copy.deepcopy(student)
+    with torch.random.fork_rng(devices=[]):  # building the pairs must not move the caller's RNG
+        for name, pair in pairs:
+            _set_submodule(warm, name, _factor(pair, rank, "svd"))
+    return warm.requires_grad_(True)
 
 
 # ------------------------------------------------------------------------------------------- accounting

@@ -91,6 +91,8 @@ class StudyConfig:
     student_warmup_epochs: int = _field("student", 0, "linear warmup epochs of each student")
     student_schedule: str = _field("student", "cosine", "cosine, constant or plateau")
     student_patience: int = _field("student", 0, "as teacher_patience; student_epochs is then the cap")
+    band_stop: float = _field("student", 0.0, "stop a student once its validation accuracy is this far (a fraction "
+                                              "of the teacher's) above the band, or below it at a plateau (0: off)")
     # execution
     seed: int = _field("teacher", 0, "data split and teacher")
     device: str = _field("execution", "auto", "auto, cpu or cuda")
@@ -236,6 +238,9 @@ def _validate_fields(values: dict) -> dict:
     for name in ("teacher_weight_decay", "student_weight_decay"):
         v[name] = _positive_float(name, v[name], allow_zero=True)
     v["kd_alpha"] = _positive_float("kd_alpha", v["kd_alpha"], allow_zero=True)
+    v["band_stop"] = _positive_float("band_stop", v["band_stop"], allow_zero=True)
+    if v["band_stop"] >= 0.5:
+        raise ValueError(f"band_stop: must lie in [0, 0.5) (a fraction of the teacher's accuracy), got {v['band_stop']!r}")
     v["validation_fraction"] = _positive_float("validation_fraction", v["validation_fraction"], allow_zero=True)
     if v["validation_fraction"] >= 0.5:
         raise ValueError(f"validation_fraction: must lie in [0, 0.5), got {v['validation_fraction']!r}")
@@ -275,6 +280,9 @@ def _validate_combination(config: StudyConfig) -> None:
             raise ValueError(f"{role}_patience: a cosine schedule is tied to {role}_epochs, so stopping early cuts "
                              f"it short; use {role}_schedule='constant' or 'plateau' with early stopping, or the "
                              "patience to 0")
+    if config.band_stop and (config.validation_fraction == 0 or config.reference != "teacher"):
+        raise ValueError("band_stop: judged on the validation split against the teacher; set validation_fraction > 0 "
+                         "and reference='teacher', or band_stop=0")
     if config.teacher_checkpoint is not None and config.pretrained:
         raise ValueError("teacher_checkpoint: a teacher loaded from a checkpoint replaces pretrained weights; set "
                          "pretrained=False (or drop teacher_checkpoint)")

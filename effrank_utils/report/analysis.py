@@ -159,7 +159,8 @@ def summary(study: Study, result: EffectiveRankResult, reference: str | float,
         "preset": config.preset,
         "estimator": {"init": config.init, "loss": config.loss, "student_epochs": config.student_epochs,
                       "student_patience": config.student_patience, "student_schedule": config.student_schedule,
-                      "validation_fraction": config.validation_fraction, "targets": list(config.targets)},
+                      "validation_fraction": config.validation_fraction, "targets": list(config.targets),
+                      "band_stop": config.band_stop},
         "teacher_accuracy": study.teacher_accuracy,
         "reference": {"kind": reference if isinstance(reference, str) else "value", "accuracy": result.reference},
         "band": list(result.band),
@@ -226,6 +227,8 @@ def headline(run_dir: str | Path) -> str:
     budget = (f"up to {estimator['student_epochs']} epochs, {cuts}stopping at a validation plateau (patience "
               f"{estimator['student_patience']})" if estimator.get("student_patience")
               else f"{estimator['student_epochs']} epochs")
+    if estimator.get("band_stop"):
+        budget += f", stopped once {estimator['band_stop']:g} outside the band"
     return (f"effective-rank region [{facts['region_low']}, {facts['region_high']}] ({lo:.0%}-{hi:.0%} of "
             f"{reference['kind']} accuracy {reference['accuracy']:.4f}), {knee}; "
             + (found["verdict"] if found else NO_RECORDS if summary.get("complete", True) else "incomplete")

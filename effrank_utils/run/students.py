@@ -34,6 +34,7 @@ from ..training.distill import DistillationLoss
 from ..training.loop import FitResult, evaluate, fit, recipe_for
 from ..training.models import resolve_device
 from ..training.teacher_cache import TeacherLogitCache, cache_key
+from .band_stop import band_stop_rule
 from .teacher import Teacher
 from .tensorboard import Curves, curve_folder
 from .tensorboard import enabled as tensorboard_enabled
@@ -61,7 +62,8 @@ def train_students(config: StudyConfig, teacher: torch.nn.Module, data: ImageDat
 
     The result for a task depends only on (config, rank, seed): the batch stream is seeded by the task seed
     and random student parts by (seed, rank). With ``config.cache_teacher``, the teacher's logits are read
-    from (or written to) ``cache_dir``.
+    from (or written to) ``cache_dir``. With ``config.band_stop``, students clearly outside the band stop early
+    (:mod:`effrank_utils.run.band_stop`).
     """
     seeds = {t.seed for t in tasks}
     if len(seeds) != 1:
@@ -81,14 +83,19 @@ def train_students(config: StudyConfig, teacher: torch.nn.Module, data: ImageDat
             raise ValueError("cache_teacher: needs a cache directory (the sweep uses <run_dir>/teacher_cache)")
         cache = TeacherLogitCache(cache_dir, cache_key(teacher, pipeline, seed), data.train_labels.numel())
     loss = DistillationLoss(teacher, config.loss, config.kd_temperature, config.kd_alpha, cache)
+    recipe = recipe_for(config, "student")
+    stop_rule = None
+    if config.band_stop:
+        teacher_val = evaluate(teacher, pipeline, config.amp, split="val")
+        stop_rule = band_stop_rule(teacher_val, config.band, config.band_stop, recipe)
     label = ",".join(str(t.rank) for t in tasks)
     def on_epoch(_: int, results: list[FitResult]) -> None:
         for model_curves, result in zip(curves or (), results):
             model_curves.update(result.history)
 
-    results = fit(students, loss, pipeline, recipe_for(config, "student"), seed=seed, amp=config.amp,
-                  state_path=state_path, state_tag=identity_of(config, data), on_epoch=on_epoch,
-                  checkpoint_every=config.checkpoint_every, desc=f"rank {label} seed {seed}", compile=config.compile)
+    results = fit(students, loss, pipeline, recipe, seed=seed, amp=config.amp, state_path=state_path,
+                  state_tag=identity_of(config, data), on_epoch=on_epoch, checkpoint_every=config.checkpoint_every,
+                  desc=f"rank {label} seed {seed}", compile=config.compile, stop_rule=stop_rule)
     seconds = (time.perf_counter() - tic) / len(tasks)
     teacher_params = count_parameters(teacher)
     return [_row(t, config, teacher_params, count_parameters(s), z, r, seconds)

@@ -7,7 +7,7 @@ finished epoch with the same numbers. Losses are summed on the device and read o
 sync).
 
 A model stops on its own when its validation accuracy has not improved for ``patience`` epochs (``plateau``),
-else at the recipe's epochs (``cap``). Under the ``plateau`` schedule, the first ``PLATEAU_CUTS`` plateaus cut
+when the caller's ``stop_rule`` names a reason (the sweep's band stop, say), else at the recipe's epochs (``cap``). Under the ``plateau`` schedule, the first ``PLATEAU_CUTS`` plateaus cut
 that model's learning rate by ``PLATEAU_FACTOR`` instead, and the next one stops it. A model whose loss turns
 NaN/inf is dropped with the reason recorded. The others in the group go on.
 """
@@ -223,7 +223,8 @@ def compile_models(models: Sequence[nn.Module], device: torch.device) -> None:
 def fit(models: Sequence[nn.Module], objective: Objective, pipeline: BatchPipeline, recipe: Recipe, *, seed: int,
         amp: bool = False, compile: bool = False, state_path: str | Path | None = None, state_tag: str | None = None,
         checkpoint_every: int = 1, desc: str = "training",
-        on_epoch: Callable[[int, list[FitResult]], None] | None = None) -> list[FitResult]:
+        on_epoch: Callable[[int, list[FitResult]], None] | None = None,
+        stop_rule: Callable[[Sequence[dict]], str | None] | None = None) -> list[FitResult]:
     """Train ``models`` in lockstep on one batch stream; returns one :class:`FitResult` per model.
 
     Per batch, ``objective.shared`` runs once; then each active model in turn computes its loss, backpropagates
@@ -233,7 +234,9 @@ def fit(models: Sequence[nn.Module], objective: Objective, pipeline: BatchPipeli
     ``checkpoint_every`` epochs and at the end, and training resumes from it when it exists and carries the same
     ``state_tag`` (the identity of what is trained); a damaged checkpoint, or one of another tag, is moved aside
     and training starts over. With ``compile``, the models run through ``torch.compile`` on CUDA
-    (:func:`compile_models`).
+    (:func:`compile_models`). ``stop_rule(history)``, asked after each epoch of each model that did not plateau,
+    returns the reason to stop that model now (recorded as its ``stop_reason``) or ``None``; it must be a
+    function of the history alone, so that a resumed run stops where an uninterrupted one would.
     """
     # ---- setup: compiled models (CUDA), optimizers, and the state of an interrupted run of the same models (same tag)
     device = pipeline.data.device
@@ -287,6 +290,8 @@ def fit(models: Sequence[nn.Module], objective: Objective, pipeline: BatchPipeli
             results[i].history.append(record | {"test_accuracy": evaluate(models[i], pipeline, amp)})
             if plateaued(results[i].history, recipe):
                 results[i].stop_reason = PLATEAU
+            elif stop_rule is not None and (reason := stop_rule(results[i].history)) is not None:
+                results[i].stop_reason = reason
             elif epoch + 1 == recipe.epochs:
                 results[i].stop_reason = CAP
 

@@ -1,0 +1,62 @@
+"""The band stop: a student that is clearly outside the band stops before it has converged.
+
+The region needs converged accuracies only from the students that decide a crossing; the others need only lie
+on the right side of the band. With ``band_stop = m > 0`` a student stops
+
+* ``above band`` after any epoch whose validation accuracy is at least ``(hi + m)`` times the teacher's (it is
+  already within ``1 - hi - m`` of the teacher, and training only raises it), and
+* ``below band`` at its first validation plateau if its best validation accuracy is at most ``(lo - m)`` times the
+  teacher's (instead of the learning-rate cuts that would refine an accuracy that decides nothing).
+
+The rule reads only the student's own history and numbers fixed by the config (the band, the margin and the
+teacher's validation accuracy), so a task stays a function of (config, rank, seed), fused or not, resumed or not.
+It is exact for the band it was trained for: a region read at another band may see students stopped early.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from ..training.loop import Recipe, plateaus
+
+ABOVE_BAND = "above band"
+BELOW_BAND = "below band"
+
+
+def band_stop_rule(teacher_val_accuracy: float, band: Sequence[float], margin: float,
+                   recipe: Recipe) -> Callable[[Sequence[dict]], str | None]:
+    """The stop rule for :func:`effrank_utils.training.loop.fit`: ``ABOVE_BAND``, ``BELOW_BAND`` or ``None``.
+
+    Parameters
+    ----------
+    teacher_val_accuracy
+        The teacher's accuracy on the validation split (the students' accuracies are read on the same split).
+    band
+        ``(lo, hi)``, fractions of the teacher's accuracy.
+    margin
+        How far outside the band (a fraction of the teacher's accuracy) is "clearly"; ``> 0``.
+    recipe
+        The students' recipe (its ``patience`` defines a plateau).
+
+    Examples
+    --------
+    >>> from effrank_utils.training.loop import Recipe
+    >>> rule = band_stop_rule(0.9, (0.85, 0.95), 0.03, Recipe(50, 1e-3, 0.0, schedule="plateau", patience=2))
+    >>> rule([{"val_accuracy": 0.89}])
+    'above band'
+    >>> rule([{"val_accuracy": 0.5}]) is None  # improving: no plateau yet
+    True
+    >>> rule([{"val_accuracy": 0.5}, {"val_accuracy": 0.4}, {"val_accuracy": 0.45}])
+    'below band'
+    """
+    lo, hi = band
+    above, below = (hi + margin) * teacher_val_accuracy, (lo - margin) * teacher_val_accuracy
+
+    def rule(history: Sequence[dict]) -> str | None:
+        if history[-1]["val_accuracy"] >= above:
+            return ABOVE_BAND
+        if plateaus(history, recipe.patience) and max(h["val_accuracy"] for h in history) <= below:
+            return BELOW_BAND
+        return None
+
+    return rule

@@ -18,8 +18,10 @@ def history(*accuracies: float) -> list[dict]:
 
 
 @pytest.mark.parametrize("accuracies, reason", [
-    ((0.50, 0.79), ABOVE_BAND),              # clearly above after any epoch
-    ((0.78,), None),                         # above the band's top, not by the margin
+    ((0.50, 0.79, 0.80), ABOVE_BAND),        # clearly above for `patience` epochs in a row
+    ((0.50, 0.79), None),                    # clearly above once: maybe a lucky epoch
+    ((0.79, 0.70, 0.79), None),              # not in a row
+    ((0.78, 0.78), None),                    # above the band's top, not by the margin
     ((0.50, 0.60), None),                    # below, but still improving
     ((0.60, 0.55, 0.58), BELOW_BAND),        # below by the margin at its first plateau
     ((0.60, 0.70, 0.69, 0.68), None),        # at a plateau, but inside the band's margin: trains on (the cuts)
@@ -30,7 +32,7 @@ def test_rule_stops_only_students_clearly_outside_the_band(accuracies, reason):
 
 def test_rule_needs_a_plateau_to_call_a_student_below():
     never = band_stop_rule(0.80, (0.85, 0.95), 0.03, Recipe(50, 1e-3, 0.0, schedule="constant", patience=0))
-    assert never(history(0.1, 0.1, 0.1, 0.1)) is None and never(history(0.9)) == ABOVE_BAND
+    assert never(history(0.1, 0.1, 0.1, 0.1)) is None and never(history(0.9)) == ABOVE_BAND  # one epoch suffices
 
 
 @pytest.fixture
@@ -42,12 +44,12 @@ def stopped():
 
 def test_a_student_clearly_above_the_band_stops_while_the_others_train_on(stopped, tmp_path):
     table = sweep.run_sweep(stopped, tmp_path / "band").set_index("rank")
-    assert table.loc[16, "stop_reason"] == ABOVE_BAND and table.loc[16, "epochs"] == 1
+    assert table.loc[16, "stop_reason"] == ABOVE_BAND and table.loc[16, "epochs"] == 2  # patience 2: in a row
     assert table.loc[1, "stop_reason"] != ABOVE_BAND and table.loc[1, "epochs"] > 1
     plain = sweep.run_sweep(stopped.replace(band_stop=0.0), tmp_path / "plain").set_index("rank")
     assert plain.loc[16, "epochs"] > 1  # without the band stop the same student trains on
-    # the stopped student's record is the plain run's first epoch (same stream, same seeds): only training stopped
-    first = [read_epochs(tmp_path / name).query("rank == 16 and epoch == 1")["test_accuracy"].item()
+    # the stopped student's record is the plain run's second epoch (same stream, same seeds): only training stopped
+    first = [read_epochs(tmp_path / name).query("rank == 16 and epoch == 2")["test_accuracy"].item()
              for name in ("band", "plain")]
     assert first[0] == first[1] == table.loc[16, "final_accuracy"]
 

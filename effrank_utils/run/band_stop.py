@@ -3,8 +3,9 @@
 The region needs converged accuracies only from the students that decide a crossing; the others need only lie
 on the right side of the band. With ``band_stop = m > 0`` a student stops
 
-* ``above band`` after any epoch whose validation accuracy is at least ``(hi + m)`` times the teacher's (it is
-  already within ``1 - hi - m`` of the teacher, and training only raises it), and
+* ``above band`` once its validation accuracy has been at least ``(hi + m)`` times the teacher's for
+  ``patience`` epochs in a row (one, without patience): it is within ``1 - hi - m`` of the teacher, and training
+  only raises it; one lucky epoch on a small validation split is not enough, and
 * ``below band`` at its first validation plateau if its best validation accuracy is at most ``(lo - m)`` times the
   teacher's (instead of the learning-rate cuts that would refine an accuracy that decides nothing).
 
@@ -36,13 +37,15 @@ def band_stop_rule(teacher_val_accuracy: float, band: Sequence[float], margin: f
     margin
         How far outside the band (a fraction of the teacher's accuracy) is "clearly"; ``> 0``.
     recipe
-        The students' recipe (its ``patience`` defines a plateau).
+        The students' recipe: its ``patience`` defines a plateau, and the epochs in a row above the band.
 
     Examples
     --------
     >>> from effrank_utils.training.loop import Recipe
     >>> rule = band_stop_rule(0.9, (0.85, 0.95), 0.03, Recipe(50, 1e-3, 0.0, schedule="plateau", patience=2))
-    >>> rule([{"val_accuracy": 0.89}])
+    >>> rule([{"val_accuracy": 0.89}]) is None  # above, but one epoch only
+    True
+    >>> rule([{"val_accuracy": 0.89}, {"val_accuracy": 0.9}])
     'above band'
     >>> rule([{"val_accuracy": 0.5}]) is None  # improving: no plateau yet
     True
@@ -51,9 +54,11 @@ def band_stop_rule(teacher_val_accuracy: float, band: Sequence[float], margin: f
     """
     lo, hi = band
     above, below = (hi + margin) * teacher_val_accuracy, (lo - margin) * teacher_val_accuracy
+    in_a_row = max(1, recipe.patience)
 
     def rule(history: Sequence[dict]) -> str | None:
-        if history[-1]["val_accuracy"] >= above:
+        recent = history[-in_a_row:]
+        if len(recent) == in_a_row and all(h["val_accuracy"] >= above for h in recent):
             return ABOVE_BAND
         if plateaus(history, recipe.patience) and max(h["val_accuracy"] for h in history) <= below:
             return BELOW_BAND

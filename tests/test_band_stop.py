@@ -1,9 +1,13 @@
-"""The band stop: students clearly outside the band stop early, the others train on; fused, resumed and refused."""
+"""The band stop: students clearly outside the band stop early, the others train on; fused, named, refused."""
+
+import json
 
 import pytest
 
 from effrank_utils.records.config import config_from_dict
 from effrank_utils.records.run_folder import read_epochs
+from effrank_utils.report import analysis
+from effrank_utils.report.study import load_study
 from effrank_utils.run import sweep
 from effrank_utils.run.band_stop import ABOVE_BAND, BELOW_BAND, band_stop_rule
 from effrank_utils.run.entry import load_preset
@@ -52,6 +56,16 @@ def test_a_student_clearly_above_the_band_stops_while_the_others_train_on(stoppe
     first = [read_epochs(tmp_path / name).query("rank == 16 and epoch == 2")["test_accuracy"].item()
              for name in ("band", "plain")]
     assert first[0] == first[1] == table.loc[16, "final_accuracy"]
+
+
+def test_the_headline_names_the_band_stop_and_where_its_knee_comes_from(stopped, tmp_path):
+    sweep.run_sweep(stopped.replace(ranks=[1, 2, 4, 16]), tmp_path)
+    study = load_study(tmp_path)
+    analysis.save_results(study, analysis.analyze(study), "teacher")
+    assert json.loads((tmp_path / "summary.json").read_text())["estimator"]["band_stop"] == 0.02
+    line = analysis.headline(tmp_path)
+    assert "stopped once 0.02 outside the band" in line
+    assert ("(of students stopped above the band: not their converged knee)" in line) == ("knee undefined" not in line)
 
 
 def test_fused_students_stop_as_they_do_one_by_one(stopped, tmp_path):

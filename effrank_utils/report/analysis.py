@@ -229,6 +229,8 @@ def headline(run_dir: str | Path) -> str:
               else f"{estimator['student_epochs']} epochs")
     if estimator.get("band_stop"):
         budget += f", stopped once {estimator['band_stop']:g} outside the band"
+        if summary["knee"] is not None:
+            knee += " (of students stopped above the band: not their converged knee)"
     return (f"effective-rank region [{facts['region_low']}, {facts['region_high']}] ({lo:.0%}-{hi:.0%} of "
             f"{reference['kind']} accuracy {reference['accuracy']:.4f}), {knee}; "
             + (found["verdict"] if found else NO_RECORDS if summary.get("complete", True) else "incomplete")

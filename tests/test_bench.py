@@ -104,3 +104,12 @@ def test_neighbour_experiment_compares_the_chain_with_independent_students(tmp_p
     assert record["runs"]["independent"]["4"]["before"] == record["runs"]["from_neighbour"]["4"]["before"]
     assert record["runs"]["independent"]["2"]["before"] != record["runs"]["from_neighbour"]["2"]["before"]
     assert all(len(r["test"]) == 2 for run_ in record["runs"].values() for r in run_.values())
+
+
+def test_student_rates_experiment_records_every_rank_per_rate(tmp_path):
+    out = tmp_path / "rates.json"
+    run("bench/student_rates.py", "--preset", "smoke", "--rates", "1e-3", "3e-3", "--epochs", "2", "--out", str(out))
+    record = json.loads(out.read_text())
+    assert set(record["rates"]) == {"0.001", "0.003"}
+    assert all([r["rank"] for r in rate["rows"]] == [1, 2, 4, 8] and all(len(r["test"]) == 2 for r in rate["rows"])
+               for rate in record["rates"].values())

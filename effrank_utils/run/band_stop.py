@@ -42,7 +42,7 @@ def band_stop_rule(teacher_val_accuracy: float, band: Sequence[float], margin: f
     Examples
     --------
     >>> from effrank_utils.training.loop import Recipe
-    >>> rule = band_stop_rule(0.9, (0.85, 0.95), 0.03, Recipe(50, 1e-3, 0.0, schedule="plateau", patience=2))
+    >>> rule = band_stop_rule(0.9, (0.8, 0.95), 0.03, Recipe(50, 1e-3, 0.0, schedule="plateau", patience=2))
     >>> rule([{"val_accuracy": 0.89}]) is None  # above, but one epoch only
     True
     >>> rule([{"val_accuracy": 0.89}, {"val_accuracy": 0.9}])

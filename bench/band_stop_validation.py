@@ -6,8 +6,8 @@ given). Records each study's region and knee with 95% bootstrap intervals over t
 and cost, and whether the band-stop study's r_lo, r_hi and knee lie within the reference study's intervals.
 
     python bench/band_stop_validation.py --preset demo --seeds 0 1 2 --out docs/band_stop_digits.json
-    python bench/band_stop_validation.py --preset demo --set dataset=imagefolder --set data_root=../shared/data/cifar10 \
-        ... --out docs/band_stop_cifar10.json
+    python bench/band_stop_validation.py --preset demo --set dataset=imagefolder \
+        --set data_root=../shared/data/cifar10 ... --out docs/band_stop_cifar10.json
 
 Run folders go to ``--results/{independent,band_stop}`` and resume like any sweep; the band-stop study loads the
 reference study's teacher (``teacher_checkpoint``).

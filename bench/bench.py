@@ -174,10 +174,11 @@ def time_to_region(coarse: list[int], max_rank: int, **overrides) -> dict:
         teacher_s, teacher = timed(lambda: train_teacher(base, teacher_dir, data))
         out["teacher_accuracy"] = teacher.accuracy
         teacher_times = [teacher_s]
-        again = lambda name: timed(functools.partial(train_teacher, base, Path(tmp) / f"teacher_{name}", data))[0]  # noqa: E731
+        def again(name: str) -> float:  # the teacher retrained: timed under the conditions the students just had
+            return timed(functools.partial(train_teacher, base, Path(tmp) / f"teacher_{name}", data))[0]
         out["dense"] = _sweep(base.replace(ranks=out["dense_ranks"], **DENSE), Path(tmp) / "dense", teacher_dir,
                               data, teacher.accuracy)
-        teacher_times.append(again("after_dense"))  # timed under the conditions the students just had
+        teacher_times.append(again("after_dense"))
         for i, (name, fields) in enumerate(CANDIDATES.items()):
             out["candidates"][name] = _sweep(base.replace(**fields), Path(tmp) / f"candidate{i}", teacher_dir,
                                              data, teacher.accuracy)
@@ -189,7 +190,8 @@ def time_to_region(coarse: list[int], max_rank: int, **overrides) -> dict:
         run["agrees_with_dense"] = agree(run, out["dense"])
     paper_s = float(sum(out["dense"]["per_epoch_s"])) * PAPER_BUDGET * base.teacher_epochs
     out["paper_shape_estimate"] = {"seconds": paper_s, "over_teacher": paper_s / out["teacher_s"],
-                                   "students": len(out["dense_ranks"]), "epochs_each": PAPER_BUDGET * base.teacher_epochs,
+                                   "students": len(out["dense_ranks"]),
+                                   "epochs_each": PAPER_BUDGET * base.teacher_epochs,
                                    "how": "estimate: the dense run's measured seconds per epoch of each rank x "
                                           f"{PAPER_BUDGET} x teacher epochs (random init costs the same per epoch)"}
     return out

@@ -240,7 +240,8 @@ def _validate_fields(values: dict) -> dict:
     v["kd_alpha"] = _positive_float("kd_alpha", v["kd_alpha"], allow_zero=True)
     v["band_stop"] = _positive_float("band_stop", v["band_stop"], allow_zero=True)
     if v["band_stop"] >= 0.5:
-        raise ValueError(f"band_stop: must lie in [0, 0.5) (a fraction of the teacher's accuracy), got {v['band_stop']!r}")
+        raise ValueError(f"band_stop: must lie in [0, 0.5) (a fraction of the teacher's accuracy), "
+                         f"got {v['band_stop']!r}")
     v["validation_fraction"] = _positive_float("validation_fraction", v["validation_fraction"], allow_zero=True)
     if v["validation_fraction"] >= 0.5:
         raise ValueError(f"validation_fraction: must lie in [0, 0.5), got {v['validation_fraction']!r}")

@@ -7,9 +7,10 @@ finished epoch with the same numbers. Losses are summed on the device and read o
 sync).
 
 A model stops on its own when its validation accuracy has not improved for ``patience`` epochs (``plateau``),
-when the caller's ``stop_rule`` names a reason (the sweep's band stop, say), else at the recipe's epochs (``cap``). Under the ``plateau`` schedule, the first ``PLATEAU_CUTS`` plateaus cut
-that model's learning rate by ``PLATEAU_FACTOR`` instead, and the next one stops it. A model whose loss turns
-NaN/inf is dropped with the reason recorded. The others in the group go on.
+when the caller's ``stop_rule`` names a reason (the sweep's band stop, say), else at the recipe's epochs
+(``cap``). Under the ``plateau`` schedule, the first ``PLATEAU_CUTS`` plateaus cut that model's learning rate
+by ``PLATEAU_FACTOR`` instead, and the next one stops it. A model whose loss turns NaN/inf is dropped with the
+reason recorded. The others in the group go on.
 """
 
 from __future__ import annotations

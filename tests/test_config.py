@@ -90,6 +90,8 @@ BAD = [
     ({"ranks": [1]}, r"ranks: at least 2 ranks are needed for a curve, got \[1\]"),
     ({"mlp_ratio": 0.25}, r"ranks: 8 exceeds the layer dimension; allowed: 1\.\.4"),
     ({"train_subset": 5}, r"train_subset: 5 is smaller than the number of classes \(10\)"),
+    ({"test_subset": 9}, r"test_subset: 9 is smaller than the number of classes \(10\)"),
+    ({"test_subset": 0}, "test_subset: must be an integer >= 1"),
     ({"model": "vit_nothing_patch99"}, "model: unknown model 'vit_nothing_patch99'"),
     ({"pretrained": True}, "normalization: small_vit has no data config of its own"),
     ({"model": "vit_tiny_patch16_224", "pretrained": True, "normalization": "dataset"},

@@ -40,6 +40,16 @@ def test_digits_split_is_fixed_and_stratified():
     assert sub.train_labels.numel() == 200 and torch.bincount(sub.train_labels).min() >= 19
 
 
+def test_test_subset_is_class_balanced_and_drawn_from_the_test_split():
+    full = load_data("digits", seed=0)
+    sub = load_data("digits", test_subset=100, seed=0)
+    assert sub.test_labels.numel() == 100 and torch.bincount(sub.test_labels, minlength=10).tolist() == [10] * 10
+    assert torch.equal(sub.train_images, full.train_images)  # the training split is untouched
+    pairs = {(img.numpy().tobytes(), int(y)) for img, y in zip(full.test_images, full.test_labels)}
+    assert all((img.numpy().tobytes(), int(y)) in pairs for img, y in zip(sub.test_images, sub.test_labels))
+    assert torch.equal(load_data("digits", test_subset=100, seed=0).test_images, sub.test_images)  # reproducible
+
+
 def _write_tree(root, split, classes, per_class, size=6, seed=0, start=0):
     rng = np.random.default_rng(seed)
     for c in classes:

@@ -72,6 +72,17 @@ def test_streamed_batches_equal_the_batches_in_memory(folder):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
+def test_test_subset_selects_the_same_images_streamed_and_in_memory(folder):
+    held = load_data_for(_config(folder, data_loading="memory", test_subset=8))
+    streamed = load_data_for(_config(folder, data_loading="stream", data_workers=0, test_subset=8))
+    assert held.test_labels.tolist() == streamed.test_labels.tolist()
+    assert torch.bincount(held.test_labels).tolist() == [2, 2, 2, 2]
+    config = _config(folder, data_loading="memory")
+    for (xa, ya), (xb, yb) in zip(pipeline_for(config, held, 16).eval_batches("test"),
+                                  pipeline_for(config, streamed, 16).eval_batches("test")):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
 def test_streamed_channel_statistics_equal_and_are_kept(folder, monkeypatch):
     held = load_data_for(_config(folder, data_loading="memory", normalization="dataset"))
     streamed = load_data_for(_config(folder, data_loading="stream", normalization="dataset", data_workers=0))

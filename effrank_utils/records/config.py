@@ -49,6 +49,8 @@ class StudyConfig:
                                                   "train/ and test/ (or val/)")
     download: bool = _field("input", False, "cifar10/cifar100: download the files if missing")
     train_subset: int | None = _field("teacher", None, "a class-balanced subset of the training split")
+    test_subset: int | None = _field("teacher", None, "a class-balanced subset of the test split (evaluated after "
+                                                      "every epoch: a large test split costs as much as training)")
     crop_padding: int = _field("teacher", 0, "random crop with this zero padding (0: off)")
     hflip: bool = _field("teacher", False, "random horizontal flips")
     normalization: str = _field("teacher", "dataset", "dataset: per-channel statistics of the training split; "
@@ -231,8 +233,9 @@ def _validate_fields(values: dict) -> dict:
         raise ValueError(f"teacher_checkpoint: expected the path of a checkpoint file, got {v['teacher_checkpoint']!r}")
     if v["teacher_checkpoint"] is not None:  # absolute: the notebooks run in another folder than the command line
         v["teacher_checkpoint"] = str(Path(v["teacher_checkpoint"]).expanduser().absolute())
-    if v["train_subset"] is not None:
-        v["train_subset"] = _positive_int("train_subset", v["train_subset"])
+    for name in ("train_subset", "test_subset"):
+        if v[name] is not None:
+            v[name] = _positive_int(name, v[name])
     for name in ("teacher_lr", "student_lr", "kd_temperature", "mlp_ratio"):
         v[name] = _positive_float(name, v[name])
     for name in ("teacher_weight_decay", "student_weight_decay"):

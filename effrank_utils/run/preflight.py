@@ -45,9 +45,11 @@ def check_runnable(config: StudyConfig) -> None:
     """Checks against this machine and the architecture, before any compute: the data source, the device, the
     model (built on the meta device, no weights) and the ranks against its layer widths."""
     classes, channels = check_source(config.dataset, config.data_root, config.download)
-    if config.train_subset is not None and classes is not None and config.train_subset < classes:
-        raise ValueError(f"train_subset: {config.train_subset} is smaller than the number of classes ({classes}); "
-                         "a class-balanced subset needs at least one image per class")
+    for name in ("train_subset", "test_subset"):
+        size = getattr(config, name)
+        if size is not None and classes is not None and size < classes:
+            raise ValueError(f"{name}: {size} is smaller than the number of classes ({classes}); "
+                             "a class-balanced subset needs at least one image per class")
     if config.device == "cuda":
         import torch
         if not torch.cuda.is_available():

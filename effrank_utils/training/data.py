@@ -584,19 +584,28 @@ def training_selection(labels: np.ndarray, train_subset: int | None, validation_
     return keep[train], keep[val]
 
 
+def test_selection(labels: np.ndarray, test_subset: int | None, seed: int) -> np.ndarray:
+    """Indices into the test split of the images evaluated: a class-balanced subset of ``test_subset`` (all
+    when None)."""
+    return stratified_subset(labels, test_subset, seed) if test_subset is not None else np.arange(labels.size)
+
+
 def load_data(dataset: str, *, root: str | Path | None = None, download: bool = False,
               train_subset: int | None = None, seed: int = 0, preprocessing: Preprocessing | None = None,
-              validation_fraction: float = 0.0) -> ImageData:
+              validation_fraction: float = 0.0, test_subset: int | None = None) -> ImageData:
     """Load a dataset by name into memory: ``digits`` (offline, bundled with scikit-learn), ``cifar10``,
     ``cifar100`` (torchvision; ``download`` for users with internet) or ``imagefolder`` (``root`` with
     ``train/`` and ``test/`` or ``val/``; images sized for ``preprocessing`` by :func:`stored_side`).
 
     ``train_subset`` keeps a class-balanced subset of the training split; ``validation_fraction`` of what
-    remains is then held out as the validation split (class-balanced)."""
+    remains is then held out as the validation split (class-balanced); ``test_subset`` keeps a class-balanced
+    subset of the test split."""
     request = LoadRequest.of(root, download=download, seed=seed, preprocessing=preprocessing)
     x_tr, y_tr, x_te, y_te, num_classes = dataset_spec(dataset).loader(request)
     y_tr = np.asarray(y_tr)
     train, val = training_selection(y_tr, train_subset, validation_fraction, seed)
+    test = test_selection(np.asarray(y_te), test_subset, seed)
+    x_te, y_te = x_te[test], np.asarray(y_te)[test]
     images = lambda x: torch.from_numpy(np.ascontiguousarray(x))  # noqa: E731
     labels = lambda y: torch.as_tensor(np.asarray(y), dtype=torch.int64)  # noqa: E731
     return ImageData(dataset, images(x_tr[train]), labels(y_tr[train]), images(x_te), labels(y_te), num_classes,

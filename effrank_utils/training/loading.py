@@ -17,6 +17,7 @@ from .data import (
     image_sizes,
     load_data,
     stored_side,
+    test_selection,
     training_selection,
 )
 from .preprocessing import Preprocessing, preprocessing_for
@@ -61,8 +62,10 @@ def load_data_for(config: StudyConfig) -> ImageData | StreamedData:
         return tuple(paths[i] for i in indices), torch.as_tensor(labels[indices])
 
     (train_files, train_labels), (val_files, val_labels) = split(train), split(val)
-    test_files = tuple(path for path, _ in folder.test)
-    test_labels = torch.as_tensor([label for _, label in folder.test], dtype=torch.int64)
+    test_labels_all = np.asarray([label for _, label in folder.test], dtype=np.int64)
+    test = test_selection(test_labels_all, config.test_subset, config.seed)
+    test_files = tuple(folder.test[i][0] for i in test)
+    test_labels = torch.as_tensor(test_labels_all[test])
     return StreamedData(config.dataset, request.root, {"train": train_files, "val": val_files, "test": test_files},
                         {"train": train_labels, "val": val_labels, "test": test_labels}, len(folder.classes), side,
                         held, geometry.interpolation,
@@ -72,4 +75,4 @@ def load_data_for(config: StudyConfig) -> ImageData | StreamedData:
 def _in_memory(config: StudyConfig, geometry: Preprocessing) -> ImageData:
     return load_data(config.dataset, root=config.data_root, download=config.download,
                      train_subset=config.train_subset, seed=config.seed, preprocessing=geometry,
-                     validation_fraction=config.validation_fraction)
+                     validation_fraction=config.validation_fraction, test_subset=config.test_subset)

@@ -111,3 +111,19 @@ def test_ctrl_c_cancels_outstanding_tasks_and_a_rerun_resumes(smoke, tmp_path):
     merged = done.merge(table, on=["rank", "seed"], suffixes=("_before", "_after"))
     assert len(merged) == len(done)
     assert (merged["final_accuracy_before"] == merged["final_accuracy_after"]).all()
+
+
+class _DeadWorkers(cf.Executor):
+    """Every task's worker dies: what a broken pool or a lost cluster gives back."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        future = cf.Future()
+        future.set_exception(cf.process.BrokenProcessPool("a worker was terminated abruptly"))
+        return future
+
+
+def test_adaptive_sweep_whose_students_all_failed_stops_refining_and_keeps_the_failures(smoke, tmp_path, caplog):
+    cfg = smoke.replace(ranks=[1, 16], seeds=[0], sweep_mode="adaptive", refine_rounds=2)
+    table = sweep.run_sweep(cfg, tmp_path, executor=_DeadWorkers())
+    assert table["status"].eq("failed").all() and sorted(table["rank"]) == [1, 16]
+    assert "refinement stopped: 0 rank(s) trained successfully" in caplog.text

@@ -186,6 +186,10 @@ def _sweep_rounds(run: SweepRun) -> None:
         for round_ in range(1, config.refine_rounds + 1):
             done = read_sweep(run.run_dir)
             done = done[done["status"] == "ok"]
+            if done["rank"].nunique() < 2:  # the failures are in sweep.csv; a rerun trains them again
+                log.warning("refinement stopped: %d rank(s) trained successfully and a curve needs 2; rerun the "
+                            "sweep to train the failed students again", done["rank"].nunique())
+                break
             new = next_ranks(done["rank"], done["final_accuracy"], reference, config.band, limit)
             if not new:
                 break

@@ -12,6 +12,7 @@ import pandas as pd
 from ..base.storage import read_json, write_json
 from ..estimate.convergence import Convergence, convergence
 from ..estimate.curves import DEFAULT_BAND, QUANTITY_LABELS, EffectiveRankResult, effective_rank, sensitivity_table
+from ..estimate.noise import NOISE_Z
 from ..estimate.spectra import MEASURES, summarize
 from ..records.run_folder import COVERAGE_JSON, SUMMARY_JSON
 from .plotting import plot_convergence, plot_effective_rank, plot_spectra, save_figure
@@ -228,7 +229,8 @@ def headline(run_dir: str | Path) -> str:
               f"{estimator['student_patience']})" if estimator.get("student_patience")
               else f"{estimator['student_epochs']} epochs")
     if estimator.get("band_stop"):
-        budget += f", stopped once {estimator['band_stop']:g} outside the band"
+        budget += (f", stopped once {estimator['band_stop']:g} (or {NOISE_Z:g} standard errors of the validation "
+                   "accuracy, if more) outside the band")
         if summary["knee"] is not None:
             knee += " (of students stopped above the band: not their converged knee)"
     return (f"effective-rank region [{facts['region_low']}, {facts['region_high']}] ({lo:.0%}-{hi:.0%} of "

@@ -87,7 +87,8 @@ def train_students(config: StudyConfig, teacher: torch.nn.Module, data: ImageDat
     stop_rule = None
     if config.band_stop:
         teacher_val = evaluate(teacher, pipeline, config.amp, split="val")
-        stop_rule = band_stop_rule(teacher_val, config.band, config.band_stop, recipe)
+        stop_rule = band_stop_rule(teacher_val, config.band, config.band_stop, recipe,
+                                   validation_size=data.val_labels.numel())
     label = ",".join(str(t.rank) for t in tasks)
     def on_epoch(_: int, results: list[FitResult]) -> None:
         for model_curves, result in zip(curves or (), results):

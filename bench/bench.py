@@ -91,7 +91,7 @@ def teacher_step_gflops(device: torch.device, batch: int, steps: int) -> dict:
     cfg, pipeline = synthetic_pipeline(device, batch * steps, batch)
     torch.manual_seed(0)
     model = build_model(cfg, num_classes=10, in_chans=3).to(device)
-    opt = make_optimizer(model, Recipe(1, 1e-3, 0.05), device)
+    opt = make_optimizer(model, Recipe(1, 1e-3, 0.05))
     x, y = next(pipeline.train_batches(0, 0)).x, torch.randint(0, 10, (batch,), device=device)
     with FlopCounterMode(display=False) as counter:  # one step's FLOPs, counted by PyTorch
         opt.zero_grad(set_to_none=True)

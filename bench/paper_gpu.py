@@ -111,7 +111,7 @@ def teacher_step(config, device: torch.device, batch: int, compiled: bool, lr_sc
     torch.manual_seed(0)
     model = build_model(config, 100, 3).to(device)
     recipe = recipe_for(config, "teacher")
-    opt = make_optimizer(model, recipe, device)
+    opt = make_optimizer(model, recipe)
     for group in opt.param_groups:
         group["lr"] = recipe.lr * lr_scale
     run = torch.compile(model) if compiled else model
@@ -129,7 +129,7 @@ def teacher_step(config, device: torch.device, batch: int, compiled: bool, lr_sc
 def student_step(config, teacher: torch.nn.Module, device: torch.device, rank: int, batch: int, compiled: bool):
     """A KD step of a rank-``rank`` SVD student: the teacher's forward (no grad) and the student's training step."""
     student = factorize(teacher, rank, init="svd").to(device)
-    opt = make_optimizer(student, recipe_for(config, "student"), device)
+    opt = make_optimizer(student, recipe_for(config, "student"))
     run_student = torch.compile(student) if compiled else student
     run_teacher = torch.compile(teacher) if compiled else teacher
     x = next(synthetic_pipeline(config, device, batch).train_batches(0, 0))

@@ -10,13 +10,15 @@ on the right side of the band. With ``band_stop = m > 0`` a student stops
   teacher's (instead of the learning-rate cuts that would refine an accuracy that decides nothing).
 
 "Clearly" also means beyond the validation split's sampling noise: the margin used is the larger of ``m`` and
-:data:`~effrank_utils.estimate.noise.NOISE_Z` binomial standard errors of the teacher's validation accuracy (relative to it). On a small split
-of a hard task that margin is wide and the band stop rarely fires: measured on CIFAR-10 with 300 validation
-images at 44 % accuracy, a fixed 0.03 stopped students that the test split put below the band.
+:data:`~effrank_utils.estimate.noise.NOISE_Z` binomial standard errors of the teacher's validation accuracy
+(relative to it). On a small split of a hard task that margin is wide and the band stop rarely fires: measured on
+CIFAR-10 with 300 validation images at 42 % accuracy, a fixed 0.03 stopped students that the test split put below
+the band.
 
-The rule reads only the student's own history and numbers fixed by the config (the band, the margin and the
-teacher's validation accuracy), so a task stays a function of (config, rank, seed), fused or not, resumed or not.
-It is exact for the band it was trained for: a region read at another band may see students stopped early.
+The rule reads only the student's own history and numbers fixed by the config and the data (the band, the margin,
+the teacher's validation accuracy and the validation split's size), so a task stays a function of (config, rank,
+seed), fused or not, resumed or not. It is exact for the band it was trained for: a region read at another band
+may see students stopped early.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from ..training.loop import Recipe, plateaus
 
 ABOVE_BAND = "above band"
 BELOW_BAND = "below band"
+
+
 def band_stop_rule(teacher_val_accuracy: float, band: Sequence[float], margin: float, recipe: Recipe,
                    validation_size: int) -> Callable[[Sequence[dict]], str | None]:
     """The stop rule for :func:`effrank_utils.training.loop.fit`: ``ABOVE_BAND``, ``BELOW_BAND`` or ``None``.

@@ -117,7 +117,7 @@ def learning_rate(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
     return recipe.lr * SCHEDULES[recipe.schedule]((step - warmup) / max(total - warmup, 1))
 
 
-def make_optimizer(model: nn.Module, recipe: Recipe, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     """AdamW with its fused kernel (one pass over all parameters: on the CPU, a small model's step costs a
     fifth of the per-tensor loop's)."""
     return torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, fused=True)
@@ -246,7 +246,7 @@ def fit(models: Sequence[nn.Module], objective: Objective, pipeline: BatchPipeli
     if compile:
         compile_models(models, device)
     state_path = Path(state_path) if state_path is not None else None
-    optimizers = [make_optimizer(m, recipe, device) for m in models]
+    optimizers = [make_optimizer(m, recipe) for m in models]
     start, results = _restore(state_path, models, optimizers, device, state_tag)
     steps = pipeline.steps_per_epoch()
     bar = tqdm(range(start, recipe.epochs), desc=desc, leave=False, initial=start, total=recipe.epochs)

@@ -142,7 +142,7 @@ CANDIDATES = {
     "+ band stop + teacher cache": FAST_PATH | dict(band_stop=BAND_STOP, cache_teacher=True),
 }
 #: The reference: every rank of the dense grid (set below), trained under ``demo``'s own rule, so that it differs
-#: from the fast path only in the ranks it trains (without the band stop its knee does not converge: docs).
+#: from the fast path only in the ranks it trains.
 DENSE = dict(sweep_mode="grid", fuse=8, band_stop=BAND_STOP, cache_teacher=False)
 
 

@@ -5,12 +5,12 @@ import math
 
 import pytest
 
+from effrank_utils.estimate.noise import effective_margin, noise_margin
 from effrank_utils.records.config import config_from_dict
 from effrank_utils.records.run_folder import read_epochs
 from effrank_utils.report import analysis
 from effrank_utils.report.study import load_study
 from effrank_utils.run import sweep
-from effrank_utils.estimate.noise import effective_margin, noise_margin
 from effrank_utils.run.band_stop import ABOVE_BAND, BELOW_BAND, band_stop_rule
 from effrank_utils.run.entry import load_preset
 from effrank_utils.training.loop import Recipe

@@ -154,7 +154,7 @@ def in_flight(config, teacher: torch.nn.Module, device: torch.device, rank: int,
     with torch.no_grad(), autocast(device, config.amp):
         target = teacher(x.x)
     recipe = recipe_for(config, "student")
-    optimizers = [make_optimizer(s, recipe, device) for s in students]
+    optimizers = [make_optimizer(s, recipe) for s in students]
 
     def one(student, opt) -> None:
         with autocast(device, config.amp):

@@ -115,3 +115,18 @@ def test_student_rates_experiment_records_every_rank_per_rate(tmp_path):
     assert set(record["rates"]) == {"0.001", "0.003"}
     assert all([r["rank"] for r in rate["rows"]] == [1, 2, 4, 8] and all(len(r["test"]) == 2 for r in rate["rows"])
                for rate in record["rates"].values())
+
+
+def test_student_budget_experiment_records_each_rule(tmp_path):
+    out = tmp_path / "budget.json"
+    rules = ["plateau, patience 4 (demo)", "cosine, 40 epochs"]
+    run("bench/student_budget.py", "--preset", "smoke", "--ranks", "1", "4", "--rules", *rules,
+        "--set", "validation_fraction=0.2", "--set", "student_epochs=3", "--out", str(out))
+    record = json.loads(out.read_text())
+    assert list(record["rules"]) == rules
+    plateau, cosine = (record["rules"][r] for r in rules)
+    assert [r["rank"] for r in plateau["rows"]] == [1, 4]
+    assert all(len(r["test"]) == r["epochs"] <= 3 for r in plateau["rows"] + cosine["rows"])
+    assert cosine["fields"]["student_schedule"] == "cosine" and cosine["fields"]["student_epochs"] == 3
+    assert all(r["stop_reason"] == "cap" for r in cosine["rows"])  # no patience: every rank runs the budget
+    assert plateau["verdict"].startswith(("converged", "not converged"))

@@ -63,13 +63,14 @@ def main() -> None:
         tic = time.perf_counter()
         rows = train_students(config, teacher.model, data, [Task(r, 0) for r in args.ranks])
         seconds = time.perf_counter() - tic
-        epochs = pd.DataFrame([{"rank": r["rank"], "seed": 0, "epoch": h["epoch"], "test_accuracy": h["test_accuracy"]}
-                               for r in rows for h in r["history"]])
+        epochs = pd.DataFrame([{"rank": r["rank"], "seed": 0, "epoch": h["epoch"],
+                                "test_accuracy": h["test_accuracy"]} for r in rows for h in r["history"]])
         finals = [r["final_accuracy"] for r in rows]
         result = effective_rank([r["rank"] for r in rows], finals, teacher.accuracy, n_bootstrap=0)
         found = convergence(epochs, teacher.accuracy, stop_reasons=[r["stop_reason"] for r in rows])
         record["rules"][name] = {
-            "fields": RULES[name] | dict(args.sets), "seconds": seconds, "student_epochs": int(sum(len(r["history"]) for r in rows)),
+            "fields": RULES[name] | dict(args.sets), "seconds": seconds,
+            "student_epochs": int(sum(len(r["history"]) for r in rows)),
             "region": [result.region_low, result.region_high], "verdict": found.verdict(),
             "rows": [{"rank": r["rank"], "epochs": len(r["history"]), "final": r["final_accuracy"],
                       "stop_reason": r["stop_reason"], "test": [h["test_accuracy"] for h in r["history"]]}

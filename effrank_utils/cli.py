@@ -143,6 +143,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from .report.compare import (
+        budget_checks,
         check_out_dir,
         comparison_table,
         comparison_warnings,
@@ -153,10 +154,12 @@ def _compare(args: argparse.Namespace) -> int:
     compared = load_studies(args.run_dirs, args.labels)
     table = comparison_table(compared)
     shown = ["study", "model", "teacher_accuracy", "teacher_params", "r_lo", "r_hi", "knee", "converged", "init",
-             "loss", "targets", "student_epochs"]
+             "loss", "targets", "student_epochs", "student_patience"]
     print(table[shown].to_string(index=False))
     for line in comparison_warnings(compared):
         print(f"warning: {line}")
+    for check in budget_checks(compared):
+        print(f"budget: {check['verdict']}")
     print("saved:", *save_comparison(compared, args.out), sep="\n  ")
     return 0
 

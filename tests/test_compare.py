@@ -5,7 +5,14 @@ import json
 import pytest
 
 from effrank_utils.cli import main
-from effrank_utils.report.compare import comparison_table, estimator_warnings, load_studies, save_comparison
+from effrank_utils.estimate.convergence import ABSOLUTE_TOLERANCE
+from effrank_utils.report.compare import (
+    budget_checks,
+    comparison_table,
+    estimator_warnings,
+    load_studies,
+    save_comparison,
+)
 from effrank_utils.run.entry import load_preset
 from effrank_utils.run.sweep import run_sweep
 
@@ -14,11 +21,12 @@ SMOKE = dict(ranks=[1, 2, 4, 8], student_epochs=1)
 
 @pytest.fixture(scope="module")
 def studies(tmp_path_factory):
-    """Two studies of one teacher recipe factorizing different maps, and a third with the same estimator as
-    the first (another teacher seed)."""
+    """Two studies of one teacher recipe factorizing different maps, a third with the same estimator as the
+    first (another teacher seed), and a fourth that is the first with a longer student budget."""
     root = tmp_path_factory.mktemp("compare")
     runs = {"attention": dict(targets=["qkv", "proj"]), "mlp": dict(targets=["mlp"]),
-            "attention-seed1": dict(targets=["qkv", "proj"], seed=1)}
+            "attention-seed1": dict(targets=["qkv", "proj"], seed=1),
+            "attention-longer": dict(targets=["qkv", "proj"], student_epochs=4)}
     for name, overrides in runs.items():
         run_sweep(load_preset("smoke", SMOKE | overrides), root / name)
     return root
@@ -68,3 +76,29 @@ def test_what_cannot_be_compared_is_refused_in_one_line(studies, tmp_path, capsy
     assert main(["compare", *args, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_a_longer_budget_of_the_same_study_is_checked_against_the_convergence_tolerance(studies):
+    names = ["attention-longer", "mlp", "attention-seed1", "attention"]  # the longer one first: sorted by budget
+    compared = load_studies([studies / n for n in names], names)
+    (check,) = budget_checks(compared)  # other targets, another teacher seed: not the same study
+    assert (check["shorter"], check["longer"]) == ("attention", "attention-longer")
+    shorter, longer = compared[3].result, compared[0].result
+    for name, before, after in [("region_low", shorter.region_low, longer.region_low),
+                                ("region_high", shorter.region_high, longer.region_high),
+                                ("knee", shorter.knee, longer.knee)]:
+        moved = check["movements"][name]
+        if before is not None and after is not None:
+            assert moved["distance"] == pytest.approx(abs(after - before))
+        assert moved["tolerance"] >= ABSOLUTE_TOLERANCE
+        assert moved["settled"] == (moved["distance"] is not None and moved["distance"] < moved["tolerance"])
+    assert check["settled"] == all(m["settled"] for m in check["movements"].values())
+    assert check["verdict"].endswith("settled" if check["settled"] else "not converged, train longer")
+
+
+def test_studies_of_one_budget_get_no_budget_check_and_the_command_prints_one(studies, tmp_path, capsys):
+    assert budget_checks(load_studies([studies / "attention", studies / "attention-seed1"])) == []
+    assert main(["compare", str(studies / "attention"), str(studies / "attention-longer"), "--out",
+                 str(tmp_path)]) == 0
+    assert "budget: from attention to attention-longer (a longer student budget): " in capsys.readouterr().out
+    assert json.loads((tmp_path / "comparison.json").read_text())["budget_checks"][0]["longer"] == "attention-longer"

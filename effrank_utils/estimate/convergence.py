@@ -133,6 +133,12 @@ class Convergence:
                 "stop_reasons": dict(self.stop_reasons), "missing": [list(t) for t in self.missing]}
 
 
+def movements(before: EffectiveRankResult, after: EffectiveRankResult) -> tuple[Movement, ...]:
+    """How far r_lo, r_hi and the knee moved from ``before`` to ``after`` (two budgets, or two runs of one study
+    under a shorter and a longer stopping rule), each held to the convergence tolerance."""
+    return tuple(Movement(name, _value(before, name), _value(after, name)) for name in QUANTITY_LABELS)
+
+
 def convergence(epochs: pd.DataFrame, reference: float | str, band: Sequence[float] = DEFAULT_BAND,
                 stop_reasons: Sequence[str | None] = (), missing: Sequence[tuple[int, int]] = ()) -> Convergence:
     """Region and knee at budgets ``E/2^k .. E`` from per-epoch records (columns ``rank``, ``seed``, ``epoch``,
@@ -149,8 +155,7 @@ def convergence(epochs: pd.DataFrame, reference: float | str, band: Sequence[flo
     for budget in budgets:
         at = accuracy_at_budget(epochs, budget)
         results.append(effective_rank(at["rank"], at["test_accuracy"], reference, band, n_bootstrap=0))
-    movements = () if len(results) < 2 else tuple(
-        Movement(name, _value(results[-2], name), _value(results[-1], name)) for name in QUANTITY_LABELS)
+    moved = () if len(results) < 2 else movements(results[-2], results[-1])
     counts = pd.Series([r for r in stop_reasons if isinstance(r, str)], dtype=object).value_counts()
-    return Convergence(tuple(budgets), tuple(results), movements, {str(k): int(v) for k, v in counts.items()},
+    return Convergence(tuple(budgets), tuple(results), moved, {str(k): int(v) for k, v in counts.items()},
                        tuple((int(r), int(s)) for r, s in missing))

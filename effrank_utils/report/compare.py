@@ -1,5 +1,6 @@
-"""Several studies side by side: one table, overlaid normalized curves, and a warning wherever they were measured
-with different estimators (so their numbers are not directly comparable)."""
+"""Several studies side by side: one table, overlaid normalized curves, a warning wherever they were measured
+with different estimators (so their numbers are not directly comparable), and, for one study trained under a
+shorter and a longer student budget, whether the longer one moved the estimate (:func:`budget_checks`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..base.storage import write_json
+from ..estimate.convergence import movements
 from ..estimate.curves import CROSSED, EffectiveRankResult
 from ..records.run_folder import is_run_folder
 from .analysis import analyze, study_convergence
@@ -116,6 +118,50 @@ def comparison_warnings(compared: Sequence[Compared]) -> list[str]:
     return estimator_warnings(compared) + environment_warnings(compared)
 
 
+#: The fields of a student's training budget: two studies that differ only in these (same teacher, same estimator
+#: otherwise) are one study trained shorter and longer, and their difference tells whether the students had
+#: converged.
+BUDGET_FIELDS = ("student_epochs", "student_patience")
+
+
+def _budget(c: Compared) -> tuple[int, int]:
+    return c.study.config.student_patience, c.study.config.student_epochs
+
+
+def budget_checks(compared: Sequence[Compared]) -> list[dict]:
+    """For each pair of studies that differ only in :data:`BUDGET_FIELDS` (same model, data and teacher accuracy,
+    same estimator otherwise), shorter first: how far r_lo, r_hi and the knee moved from the shorter to the longer
+    budget, against the convergence tolerance. One run's own verdict cannot see what a longer budget would still
+    change; this pair can.
+
+    Returns one dict per pair: ``shorter``, ``longer`` (labels), ``settled`` and ``movements`` (name ->
+    ``distance``, ``tolerance``, ``settled``), and ``verdict`` in words.
+    """
+    def same_study(a: Compared, b: Compared) -> bool:
+        fixed = [n for n in ESTIMATOR_FIELDS if n not in BUDGET_FIELDS]
+        ea, eb = _estimator(a.study), _estimator(b.study)
+        return (all(ea[n] == eb[n] for n in fixed) and a.study.config.seed == b.study.config.seed
+                and a.study.teacher_accuracy == b.study.teacher_accuracy
+                and (a.study.config.model, a.study.config.dataset) == (b.study.config.model, b.study.config.dataset))
+
+    checks = []
+    for i, a in enumerate(compared):
+        for b in compared[i + 1:]:
+            if _budget(a) == _budget(b) or not same_study(a, b):
+                continue
+            shorter, longer = sorted((a, b), key=_budget)
+            moved = movements(shorter.result, longer.result)
+            settled = all(m.settled for m in moved)
+            described = "; ".join(m.describe() for m in moved if settled or not m.settled)
+            checks.append({
+                "shorter": shorter.label, "longer": longer.label, "settled": settled,
+                "movements": {m.name: {"distance": None if np.isinf(m.distance) else m.distance,
+                                       "tolerance": m.tolerance, "settled": m.settled} for m in moved},
+                "verdict": (f"from {shorter.label} to {longer.label} (a longer student budget): {described}: "
+                            + ("settled" if settled else "not converged, train longer"))})
+    return checks
+
+
 def comparison_table(compared: Sequence[Compared]) -> pd.DataFrame:
     """One line per study: data and model, teacher accuracy and size, region, knee, intervals, convergence and
     the estimator."""
@@ -174,5 +220,5 @@ def save_comparison(compared: Sequence[Compared], out_dir: str | Path) -> list[P
     table = comparison_table(compared).replace({np.nan: None})
     paths.append(write_json(out_dir / "comparison.json", {
         "run_dirs": [str(c.study.run_dir) for c in compared], "warnings": comparison_warnings(compared),
-        "table": table.to_dict(orient="records")}))
+        "budget_checks": budget_checks(compared), "table": table.to_dict(orient="records")}))
     return paths

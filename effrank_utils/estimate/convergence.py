@@ -4,6 +4,11 @@ From the per-epoch test accuracy every student recorded, the study is re-analyze
 given ``b`` epochs (a student that stopped earlier keeps its last accuracy: it had converged), for budgets
 ``E/2^k`` up to ``E``, the most epochs any student trained. The estimate is *converged* when r_lo, r_hi and the
 knee each moved less than ``max(0.5, 5%)`` of their rank over the last budget step (a doubling).
+
+The check reads one run: students whose stopping rule ended them early (a noisy validation plateau, then rate cuts)
+hold still, so it can call converged what a longer rule still moves (measured on ``demo``: patience 8 converged,
+patience 12 moved r_hi by 0.65). :func:`movements` holds two runs of one study, a shorter and a longer budget, to
+the same tolerance.
 """
 
 from __future__ import annotations

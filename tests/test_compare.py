@@ -22,11 +22,15 @@ SMOKE = dict(ranks=[1, 2, 4, 8], student_epochs=1)
 @pytest.fixture(scope="module")
 def studies(tmp_path_factory):
     """Two studies of one teacher recipe factorizing different maps, a third with the same estimator as the
-    first (another teacher seed), and a fourth that is the first with a longer student budget."""
+    first (another teacher seed), a fourth that is the first with a longer student budget, and three with early
+    stopping under budgets (patience, epochs) of (1, 3), (2, 2) and (2, 3)."""
     root = tmp_path_factory.mktemp("compare")
     runs = {"attention": dict(targets=["qkv", "proj"]), "mlp": dict(targets=["mlp"]),
             "attention-seed1": dict(targets=["qkv", "proj"], seed=1),
-            "attention-longer": dict(targets=["qkv", "proj"], student_epochs=4)}
+            "attention-longer": dict(targets=["qkv", "proj"], student_epochs=4),
+            **{f"patience{p}-epochs{e}": dict(validation_fraction=0.2, student_schedule="constant",
+                                              student_patience=p, student_epochs=e)
+               for p, e in [(1, 3), (2, 2), (2, 3)]}}
     for name, overrides in runs.items():
         run_sweep(load_preset("smoke", SMOKE | overrides), root / name)
     return root
@@ -102,3 +106,11 @@ def test_studies_of_one_budget_get_no_budget_check_and_the_command_prints_one(st
                  str(tmp_path)]) == 0
     assert "budget: from attention to attention-longer (a longer student budget): " in capsys.readouterr().out
     assert json.loads((tmp_path / "comparison.json").read_text())["budget_checks"][0]["longer"] == "attention-longer"
+
+
+def test_only_a_budget_longer_in_every_field_is_checked(studies):
+    def pairs(*names):
+        return [(c["shorter"], c["longer"]) for c in budget_checks(load_studies([studies / n for n in names], names))]
+    assert pairs("patience1-epochs3", "patience2-epochs2") == []  # more patience but fewer epochs: neither is longer
+    assert pairs("patience2-epochs3", "patience1-epochs3", "patience2-epochs2") == [
+        ("patience1-epochs3", "patience2-epochs3"), ("patience2-epochs2", "patience2-epochs3")]

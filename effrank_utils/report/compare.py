@@ -124,15 +124,15 @@ def comparison_warnings(compared: Sequence[Compared]) -> list[str]:
 BUDGET_FIELDS = ("student_epochs", "student_patience")
 
 
-def _budget(c: Compared) -> tuple[int, int]:
-    return c.study.config.student_patience, c.study.config.student_epochs
+def _budget(c: Compared) -> tuple[int, ...]:
+    return tuple(getattr(c.study.config, name) for name in BUDGET_FIELDS)
 
 
 def budget_checks(compared: Sequence[Compared]) -> list[dict]:
     """For each pair of studies that differ only in :data:`BUDGET_FIELDS` (same model, data and teacher accuracy,
-    same estimator otherwise), shorter first: how far r_lo, r_hi and the knee moved from the shorter to the longer
-    budget, against the convergence tolerance. One run's own verdict cannot see what a longer budget would still
-    change; this pair can.
+    same estimator otherwise), one no shorter than the other in each field, shorter first: how far r_lo, r_hi and
+    the knee moved from the shorter to the longer budget, against the convergence tolerance. One run's own verdict
+    cannot see what a longer budget would still change; this pair can.
 
     Returns one dict per pair: ``shorter``, ``longer`` (labels), ``settled`` and ``movements`` (name ->
     ``distance``, ``tolerance``, ``settled``), and ``verdict`` in words.
@@ -147,9 +147,10 @@ def budget_checks(compared: Sequence[Compared]) -> list[dict]:
     checks = []
     for i, a in enumerate(compared):
         for b in compared[i + 1:]:
-            if _budget(a) == _budget(b) or not same_study(a, b):
-                continue
             shorter, longer = sorted((a, b), key=_budget)
+            ordered = all(x <= y for x, y in zip(_budget(shorter), _budget(longer)))  # longer in each field
+            if _budget(a) == _budget(b) or not ordered or not same_study(a, b):
+                continue
             moved = movements(shorter.result, longer.result)
             settled = all(m.settled for m in moved)
             described = "; ".join(m.describe() for m in moved if settled or not m.settled)

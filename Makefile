@@ -11,7 +11,7 @@ RUN ?= $(RESULTS)/$(PRESET)
 ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install test reproduce lab dashboard bench bench-paper browser constraints clean strip
+.PHONY: install test reproduce confirm lab dashboard bench bench-paper browser constraints clean strip
 
 install: $(STAMP)
 
@@ -31,6 +31,9 @@ browser:  # Debian's chromium for the browser tests (Playwright's own browser do
 
 reproduce: install
 	$(BIN)/effrank reproduce --preset "$(PRESET)" --results "$(RESULTS)" $(ARGS)
+
+confirm: install  # train the students deciding RUN's region and knee again with twice the budget (ARGS=--factor 3)
+	$(BIN)/effrank confirm "$(RUN)" $(ARGS)
 
 lab: install
 	$(BIN)/effrank lab

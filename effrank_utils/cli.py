@@ -1,5 +1,6 @@
-"""The effrank command: reproduce (the notebooks), sweep (no notebooks), analyze, compare, dashboard (the
-analysis as a web page), export (to MLflow), fields (every config field) and lab.
+"""The effrank command: reproduce (the notebooks), sweep (no notebooks), confirm (the deciding students under a
+longer budget), analyze, compare, dashboard (the analysis as a web page), export (to MLflow), fields (every config
+field) and lab.
 
 A user error (a bad parameter, a run folder of another study, a damaged file) ends the command with one line
 on stderr and exit status 2, before any compute where it can be known then; Ctrl-C ends it with one line and
@@ -108,6 +109,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     print(f"\nresults: {run_dir}\n  notebooks/  executed notebooks\n  teacher.pt  teacher checkpoint\n"
           f"  sweep.csv   one row per student\n  figures/    PNG and SVG figures\n  summary.json\n"
           f"{headline(run_dir)}")
+    print(f"check the verdict against a longer budget: effrank confirm {run_dir}")
     _print_curves_hint(run_dir)
     return _report_failures(run_dir)
 
@@ -119,6 +121,14 @@ def _sweep(args: argparse.Namespace) -> int:
     print(table.drop(columns=["failure"]).to_string(index=False))
     _print_curves_hint(run_dir)
     return _report_failures(run_dir)
+
+
+def _confirm(args: argparse.Namespace) -> int:
+    from .records.run_folder import confirm_paths
+    from .run.confirm import confirm
+    print(confirm(args.run_dir, args.factor)["verdict"])
+    print("saved:", *confirm_paths(args.run_dir, args.factor), sep="\n  ")
+    return 0
 
 
 def _print_curves_hint(run_dir: Path) -> None:
@@ -257,6 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
     _study_options(sweep)
     sweep.set_defaults(run=_sweep)
 
+    confirm = commands.add_parser("confirm", help="train the students deciding r_lo, r_hi and the knee again under a "
+                                  "longer budget and check what moved",
+                                  description="The students that bracket r_lo, r_hi and the knee of a finished study "
+                                              "are trained again with FACTOR times its patience and epoch cap (in "
+                                              "RUN_DIR/confirm/xFACTOR/, with the study's teacher); r_lo, r_hi and "
+                                              "the knee are held to the convergence tolerance. Rerunning resumes.")
+    confirm.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    confirm.add_argument("--factor", type=int, default=2, help="multiple of the students' budget (default: 2)")
+    confirm.set_defaults(run=_confirm)
+
     analyze = commands.add_parser("analyze", help="region, knee, summary.json and figure of a run folder")
     analyze.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     analyze.add_argument("--band", type=float, nargs=2, metavar=("LO", "HI"),
@@ -305,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("jupyter_args", nargs=argparse.REMAINDER, help="passed on to jupyter lab")
     lab.set_defaults(run=_lab)
     for name, command in commands.choices.items():
-        _log_options(command, logging.INFO if name in ("reproduce", "sweep") else logging.WARNING)
+        _log_options(command, logging.INFO if name in ("reproduce", "sweep", "confirm") else logging.WARNING)
     return parser
 
 

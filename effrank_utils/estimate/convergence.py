@@ -17,9 +17,18 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
-from .curves import CROSSED, DEFAULT_BAND, QUANTITY_LABELS, EffectiveRankResult, effective_rank
+from .curves import (
+    CROSSED,
+    DEFAULT_BAND,
+    EXCEEDED_AT_FIRST_RANK,
+    NOT_REACHED,
+    QUANTITY_LABELS,
+    EffectiveRankResult,
+    effective_rank,
+)
 from .refine import tolerance
 
 ABSOLUTE_TOLERANCE = 0.5   # ranks
@@ -142,6 +151,33 @@ def movements(before: EffectiveRankResult, after: EffectiveRankResult) -> tuple[
     """How far r_lo, r_hi and the knee moved from ``before`` to ``after`` (two budgets, or two runs of one study
     under a shorter and a longer stopping rule), each held to the convergence tolerance."""
     return tuple(Movement(name, _value(before, name), _value(after, name)) for name in QUANTITY_LABELS)
+
+
+def deciding_ranks(result: EffectiveRankResult) -> list[int]:
+    """The swept ranks whose students decide r_lo, r_hi and the knee, ascending: the two that bracket each crossed
+    level and the knee (the rank itself and the one below where it falls on a swept rank), the smallest rank for a
+    level already reached there, the largest for one never reached. The other students lie on one side of every
+    level.
+
+    Examples
+    --------
+    >>> from effrank_utils.estimate.curves import effective_rank
+    >>> result = effective_rank([1, 2, 4, 8, 16], [0.3, 0.6, 0.85, 0.9, 0.92], 0.93, n_bootstrap=0)
+    >>> deciding_ranks(result)
+    [2, 4, 8]
+    """
+    swept = result.ranks
+    picks: set[float] = set()
+    for level in (result.low, result.high):
+        if level.status == CROSSED:
+            above = int(np.searchsorted(swept, level.rank, side="left"))
+            picks.update(swept[max(above - 1, 0):above + 1].tolist())
+        elif level.status in (EXCEEDED_AT_FIRST_RANK, NOT_REACHED):
+            picks.add(swept[0] if level.status == EXCEEDED_AT_FIRST_RANK else swept[-1])
+    if result.knee is not None:
+        above = int(np.searchsorted(swept, result.knee, side="left"))
+        picks.update(swept[max(above - 1, 0):above + 1].tolist())
+    return sorted(int(r) for r in picks)
 
 
 def convergence(epochs: pd.DataFrame, reference: float | str, band: Sequence[float] = DEFAULT_BAND,

@@ -17,6 +17,8 @@ Layout::
     spectra.csv            per factorized map of the teacher: training-free rank measures of its singular values
     spectra.json           those singular values (by map) and the measures' medians per map kind, block, model
     summary.json           the analysis; figures/: PNG and SVG; notebooks/: executed notebooks
+    confirm/x<F>/          ``effrank confirm``: the deciding students under F times the budget (a run folder)
+    confirm/x<F>.json      and how far r_lo, r_hi and the knee moved with them
 
 A study's *identity* is a digest of the fields that define the teacher and the students plus a fingerprint of
 the data's content. A folder, a teacher checkpoint or a row made under another identity is never counted as
@@ -76,7 +78,8 @@ TEACHER_CACHE_DIR = "teacher_cache"
 FIGURE_DIR = "figures"
 NOTEBOOK_DIR = "notebooks"
 TENSORBOARD_DIR = "tensorboard"
-RUN_FOLDER_DIRS = frozenset({TASK_DIR, TEACHER_CACHE_DIR, FIGURE_DIR, NOTEBOOK_DIR, TENSORBOARD_DIR})
+CONFIRM_DIR = "confirm"
+RUN_FOLDER_DIRS = frozenset({TASK_DIR, TEACHER_CACHE_DIR, FIGURE_DIR, NOTEBOOK_DIR, TENSORBOARD_DIR, CONFIRM_DIR})
 RUN_FOLDER_FILES = frozenset({CONFIG_JSON, SWEEP_CSV, EPOCHS_CSV, SUMMARY_JSON, COVERAGE_JSON, SPECTRA_CSV,
                               SPECTRA_JSON, RUN_LOCK, TEACHER_FILE, TEACHER_JSON, TEACHER_STATE_FILE,
                               TEACHER_METRICS_CSV, TEACHER_LOCK})
@@ -108,6 +111,11 @@ def default_run_dir(preset: str, results: str | Path = DEFAULT_RESULTS) -> Path:
     if not preset or preset in (".", "..") or Path(preset).name != preset:
         raise ValueError(f"preset: {preset!r} cannot name a run folder")
     return Path(results) / preset
+
+
+def confirm_paths(run_dir: str | Path, factor: int) -> tuple[Path, Path]:
+    """Where ``effrank confirm --factor F`` keeps its run folder of the longer budget, and its record."""
+    return Path(run_dir) / CONFIRM_DIR / f"x{factor}", Path(run_dir) / CONFIRM_DIR / f"x{factor}.json"
 
 
 def check_folder_path(path: str | Path, field: str) -> None:

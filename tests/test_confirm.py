@@ -10,7 +10,7 @@ from effrank_utils.cli import main
 from effrank_utils.estimate.convergence import deciding_ranks, movements
 from effrank_utils.estimate.curves import effective_rank
 from effrank_utils.records.run_folder import TEACHER_FILE, confirm_paths, load_run_config, read_sweep, write_sweep_csv
-from effrank_utils.run.confirm import confirm, longer_budget
+from effrank_utils.run.confirm import confirm, longer_budget, with_retrained
 from effrank_utils.run.entry import load_preset
 from effrank_utils.run.sweep import run_sweep
 
@@ -55,6 +55,21 @@ def test_the_longer_budget_multiplies_the_cap_and_the_patience():
 def test_a_factor_below_two_or_not_an_integer_is_refused_by_name(factor):
     with pytest.raises(ValueError, match=r"^factor: .*integer >= 2"):
         longer_budget(load_preset("smoke"), factor)
+
+
+def rows(*triples, status="ok"):
+    return pd.DataFrame([{"rank": r, "seed": s, "status": status, "final_accuracy": a} for r, s, a in triples])
+
+
+def test_the_retrained_rows_replace_the_deciders_seed_for_seed_and_nothing_else(tmp_path):
+    done = rows((1, 0, 0.2), (2, 0, 0.5), (2, 1, 0.6), (4, 0, 0.8), (4, 1, 0.7), (8, 0, 0.9))
+    longer = rows((2, 0, 0.55), (2, 1, 0.65), (4, 0, 0.85), (4, 1, 0.75), (8, 0, 0.99))  # rank 8: an older decider
+    merged = with_retrained(done, longer, [2, 4], tmp_path).sort_values(["rank", "seed"])
+    assert merged[["rank", "seed", "final_accuracy"]].values.tolist() == [
+        [1, 0, 0.2], [2, 0, 0.55], [2, 1, 0.65], [4, 0, 0.85], [4, 1, 0.75], [8, 0, 0.9]]
+    failed = pd.concat([longer.iloc[:3], rows((4, 1, float("nan")), status="failed")])
+    with pytest.raises(FloatingPointError, match="rank 4 seed 1 has no result under the longer budget"):
+        with_retrained(done, failed, [2, 4], tmp_path)
 
 
 # ------------------------------------------------------------------------------------------ the check

@@ -26,6 +26,7 @@ from ..estimate.convergence import deciding_ranks, movements
 from ..estimate.curves import EffectiveRankResult, effective_rank
 from ..records.config import StudyConfig
 from ..records.run_folder import (
+    SWEEP_CSV,
     TEACHER_FILE,
     TEACHER_JSON,
     confirm_paths,
@@ -58,6 +59,20 @@ def _budget(config: StudyConfig) -> str:
 
 def _fit(table: pd.DataFrame, reference: float | str, config: StudyConfig) -> EffectiveRankResult:
     return effective_rank(table["rank"], table["final_accuracy"], reference, config.band, n_bootstrap=0)
+
+
+def with_retrained(done: pd.DataFrame, retrained: pd.DataFrame, ranks: list[int], where: Path) -> pd.DataFrame:
+    """The study's rows with those of ``ranks`` replaced by the longer budget's, seed for seed. Rows of other ranks
+    in the longer-budget folder (deciders of an earlier state of the study) are left out; a student missing there
+    (failed) is an error."""
+    wanted = done[done["rank"].isin(ranks)][["rank", "seed"]]
+    ok = retrained[retrained["status"] == "ok"]
+    replacing = wanted.merge(ok, on=["rank", "seed"], how="left")
+    if replacing["final_accuracy"].isna().any():
+        failed = replacing[replacing["final_accuracy"].isna()].iloc[0]
+        raise FloatingPointError(f"confirm: rank {failed['rank']} seed {failed['seed']} has no result under the "
+                                 f"longer budget; see {where / SWEEP_CSV}")
+    return pd.concat([done[~done["rank"].isin(ranks)], replacing], ignore_index=True)
 
 
 def _copy_teacher(run_dir: Path, into: Path) -> None:
@@ -113,11 +128,7 @@ def confirm(run_dir: str | Path, factor: int = 2, data: ImageData | None = None)
     log.info("confirm: ranks %s again with %d epochs at most, patience %d, in %s", ranks, longer.student_epochs,
              longer.student_patience, into)
     retrained = run_sweep(longer.replace(ranks=tuple(ranks), sweep_mode="grid"), into, data=data)
-    retrained = retrained[retrained["status"] == "ok"]
-    if len(retrained) < len(done[done["rank"].isin(ranks)]):
-        raise FloatingPointError(f"confirm: some students failed under the longer budget; see {into}/sweep.csv")
-    kept = done[~done["rank"].isin(ranks)]
-    after = _fit(pd.concat([kept, retrained], ignore_index=True), reference, config)
+    after = _fit(with_retrained(done, retrained, ranks, into), reference, config)
 
     moved = movements(before, after)
     settled = all(m.settled for m in moved)

@@ -7,7 +7,8 @@ Study
     ``open_study(preset, overrides, run_dir)`` -- a config and its run folder.
 Training
     ``load_data(dataset, ...)``, ``train_teacher(config, run_dir)``, ``factorize(teacher, rank, init, targets)``,
-    ``run_sweep(config, run_dir)`` -- the resumable rank sweep.
+    ``run_sweep(config, run_dir)`` -- the resumable rank sweep; ``confirm(run_dir, factor)`` -- its deciding
+    students again under a longer budget, and what moved.
 Estimate
     ``effective_rank(ranks, accuracy, reference, band)`` -- region, knee and bootstrap intervals of any table;
     ``load_study(run_dir)``, ``analyze(study, band, reference)``, ``summary_text``, ``save_results``.
@@ -26,7 +27,8 @@ from .version import __version__
 _API = {
     "StudyConfig": "records.config", "load_preset": "run.entry", "make_config": "run.preflight",
     "open_study": "run.entry", "load_data": "training.data", "train_teacher": "run.teacher",
-    "factorize": "lowrank.factorize", "run_sweep": "run.sweep", "effective_rank": "estimate.curves",
+    "factorize": "lowrank.factorize", "run_sweep": "run.sweep", "confirm": "run.confirm",
+    "effective_rank": "estimate.curves",
     "load_study": "report.study", "analyze": "report.analysis", "summary_text": "report.analysis",
     "save_results": "report.analysis",
 }

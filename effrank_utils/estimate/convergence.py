@@ -87,6 +87,11 @@ class Movement:
     def settled(self) -> bool:
         return self.distance < self.tolerance
 
+    def to_dict(self) -> dict:
+        """JSON-ready: ``distance`` (None when infinite), ``tolerance`` and ``settled``."""
+        return {"distance": None if math.isinf(self.distance) else self.distance, "tolerance": self.tolerance,
+                "settled": self.settled}
+
     def describe(self) -> str:
         label = QUANTITY_LABELS[self.name]
         if math.isinf(self.distance):
@@ -141,8 +146,7 @@ class Convergence:
                 "at_budget": [{"budget": b, **{n: _value(r, n)[1] for n in QUANTITY_LABELS},
                                **{f"{n}_status": _value(r, n)[0] for n in QUANTITY_LABELS}}
                               for b, r in zip(self.budgets, self.results)],
-                "last_step": {m.name: {"distance": None if math.isinf(m.distance) else m.distance,
-                                       "tolerance": m.tolerance, "settled": m.settled} for m in self.movements},
+                "last_step": {m.name: m.to_dict() for m in self.movements},
                 "tolerance": {"absolute": ABSOLUTE_TOLERANCE, "relative": RELATIVE_TOLERANCE},
                 "stop_reasons": dict(self.stop_reasons), "missing": [list(t) for t in self.missing]}
 
@@ -151,6 +155,12 @@ def movements(before: EffectiveRankResult, after: EffectiveRankResult) -> tuple[
     """How far r_lo, r_hi and the knee moved from ``before`` to ``after`` (two budgets, or two runs of one study
     under a shorter and a longer stopping rule), each held to the convergence tolerance."""
     return tuple(Movement(name, _value(before, name), _value(after, name)) for name in QUANTITY_LABELS)
+
+
+def describe_movements(moved: Sequence[Movement]) -> str:
+    """What moved, in words: every quantity when all settled, else only those that did not."""
+    settled = all(m.settled for m in moved)
+    return "; ".join(m.describe() for m in moved if settled or not m.settled)
 
 
 def deciding_ranks(result: EffectiveRankResult) -> list[int]:

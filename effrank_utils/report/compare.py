@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..base.storage import write_json
-from ..estimate.convergence import movements
+from ..estimate.convergence import describe_movements, movements
 from ..estimate.curves import CROSSED, EffectiveRankResult
 from ..records.run_folder import is_run_folder
 from .analysis import analyze, study_convergence
@@ -153,12 +153,11 @@ def budget_checks(compared: Sequence[Compared]) -> list[dict]:
                 continue
             moved = movements(shorter.result, longer.result)
             settled = all(m.settled for m in moved)
-            described = "; ".join(m.describe() for m in moved if settled or not m.settled)
             checks.append({
                 "shorter": shorter.label, "longer": longer.label, "settled": settled,
-                "movements": {m.name: {"distance": None if np.isinf(m.distance) else m.distance,
-                                       "tolerance": m.tolerance, "settled": m.settled} for m in moved},
-                "verdict": (f"from {shorter.label} to {longer.label} (a longer student budget): {described}: "
+                "movements": {m.name: m.to_dict() for m in moved},
+                "verdict": (f"from {shorter.label} to {longer.label} (a longer student budget): "
+                            f"{describe_movements(moved)}: "
                             + ("settled" if settled else "not converged, train longer"))})
     return checks
 

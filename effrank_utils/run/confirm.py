@@ -16,13 +16,12 @@ Layout, inside the study's run folder (the study's own files are only read)::
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import pandas as pd
 
 from ..base.storage import atomic_write, read_json, write_json
-from ..estimate.convergence import deciding_ranks, movements
+from ..estimate.convergence import deciding_ranks, describe_movements, movements
 from ..estimate.curves import EffectiveRankResult, effective_rank
 from ..records.config import StudyConfig
 from ..records.run_folder import (
@@ -132,16 +131,14 @@ def confirm(run_dir: str | Path, factor: int = 2, data: ImageData | None = None)
 
     moved = movements(before, after)
     settled = all(m.settled for m in moved)
-    described = "; ".join(m.describe() for m in moved if settled or not m.settled)
     record = {
         "factor": factor, "ranks": ranks, "seeds": list(config.seeds),
         "budget": {"shorter": _budget(config), "longer": _budget(longer)},
         "before": _quantities(before), "after": _quantities(after),
-        "movements": {m.name: {"distance": None if math.isinf(m.distance) else m.distance,
-                               "tolerance": m.tolerance, "settled": m.settled} for m in moved},
+        "movements": {m.name: m.to_dict() for m in moved},
         "settled": settled,
         "verdict": (f"{'confirmed' if settled else 'not confirmed'}: ranks {', '.join(map(str, ranks))} trained "
-                    f"again with {_budget(longer)} ({factor}x): {described}"
+                    f"again with {_budget(longer)} ({factor}x): {describe_movements(moved)}"
                     + ("" if settled else "; train longer")),
     }
     write_json(record_path, record)

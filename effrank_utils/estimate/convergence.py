@@ -177,16 +177,19 @@ def deciding_ranks(result: EffectiveRankResult) -> list[int]:
     [2, 4, 8]
     """
     swept = result.ranks
+
+    def bracket(value: float) -> list[float]:
+        above = int(np.searchsorted(swept, value, side="left"))
+        return swept[max(above - 1, 0):above + 1].tolist()
+
     picks: set[float] = set()
     for level in (result.low, result.high):
         if level.status == CROSSED:
-            above = int(np.searchsorted(swept, level.rank, side="left"))
-            picks.update(swept[max(above - 1, 0):above + 1].tolist())
+            picks.update(bracket(level.rank))
         elif level.status in (EXCEEDED_AT_FIRST_RANK, NOT_REACHED):
             picks.add(swept[0] if level.status == EXCEEDED_AT_FIRST_RANK else swept[-1])
     if result.knee is not None:
-        above = int(np.searchsorted(swept, result.knee, side="left"))
-        picks.update(swept[max(above - 1, 0):above + 1].tolist())
+        picks.update(bracket(result.knee))
     return sorted(int(r) for r in picks)
 
 

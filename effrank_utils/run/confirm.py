@@ -16,6 +16,7 @@ Layout, inside the study's run folder (the study's own files are only read)::
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -56,8 +57,9 @@ def _budget(config: StudyConfig) -> str:
     return f"patience {config.student_patience}, at most {epochs} epoch{'' if epochs == 1 else 's'}"
 
 
-def _fit(table: pd.DataFrame, reference: float | str, config: StudyConfig) -> EffectiveRankResult:
-    return effective_rank(table["rank"], table["final_accuracy"], reference, config.band, n_bootstrap=0)
+def _fit(table: pd.DataFrame, config: StudyConfig, teacher_accuracy: float) -> EffectiveRankResult:
+    return effective_rank(table["rank"], table["final_accuracy"], config.reference, config.band,
+                          teacher_accuracy=teacher_accuracy, n_bootstrap=0)
 
 
 def with_retrained(done: pd.DataFrame, retrained: pd.DataFrame, ranks: list[int], where: Path) -> pd.DataFrame:
@@ -79,8 +81,8 @@ def _copy_teacher(run_dir: Path, into: Path) -> None:
     into.mkdir(parents=True, exist_ok=True)
     for name in (TEACHER_JSON, TEACHER_FILE):  # the record first: a folder with weights but no record is refused
         if not (into / name).exists():
-            content = (run_dir / name).read_bytes()
-            atomic_write(into / name, lambda f, content=content: f.write(content))
+            with open(run_dir / name, "rb") as source:
+                atomic_write(into / name, lambda f, source=source: shutil.copyfileobj(source, f))
 
 
 def confirm(run_dir: str | Path, factor: int = 2, data: ImageData | None = None) -> dict:
@@ -118,8 +120,7 @@ def confirm(run_dir: str | Path, factor: int = 2, data: ImageData | None = None)
                          f"{missing[0].seed}); finish the study first (effrank sweep with the same settings)")
     done = table[table["status"] == "ok"]
     teacher = read_json(run_dir / TEACHER_JSON)["accuracy"]
-    reference = teacher if config.reference == "teacher" else config.reference
-    before = _fit(done, reference, config)
+    before = _fit(done, config, teacher)
     ranks = deciding_ranks(before)
 
     into, record_path = confirm_paths(run_dir, factor)
@@ -127,7 +128,7 @@ def confirm(run_dir: str | Path, factor: int = 2, data: ImageData | None = None)
     log.info("confirm: ranks %s again with %d epochs at most, patience %d, in %s", ranks, longer.student_epochs,
              longer.student_patience, into)
     retrained = run_sweep(longer.replace(ranks=tuple(ranks), sweep_mode="grid"), into, data=data)
-    after = _fit(with_retrained(done, retrained, ranks, into), reference, config)
+    after = _fit(with_retrained(done, retrained, ranks, into), config, teacher)
 
     moved = movements(before, after)
     settled = all(m.settled for m in moved)

@@ -97,19 +97,22 @@ def _reproduce(args: argparse.Namespace) -> int:
     from .report.analysis import headline
     from .report.reproduce import CELL_TIMEOUTS, NotebookFailed, check_kernel, run_notebooks
     check_kernel(args.kernel)
+    if args.confirm_factor:
+        from .run.confirm import check_factor
+        check_factor(args.confirm_factor, "--confirm-factor")
     config, run_dir = _open(args)
     print(f"effrank: preset {config.preset!r} -> {run_dir}", flush=True)
     try:
         timeout = CELL_TIMEOUTS if args.cell_timeout is None else (args.cell_timeout or None)
         preset, overrides = _study_input(args)
-        run_notebooks(preset, run_dir, overrides, kernel_name=args.kernel, cell_timeout=timeout)
+        run_notebooks(preset, run_dir, overrides, kernel_name=args.kernel, cell_timeout=timeout,
+                      confirm_factor=args.confirm_factor)
     except NotebookFailed as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(f"\nresults: {run_dir}\n  notebooks/  executed notebooks\n  teacher.pt  teacher checkpoint\n"
           f"  sweep.csv   one row per student\n  figures/    PNG and SVG figures\n  summary.json\n"
           f"{headline(run_dir)}")
-    print(f"check the verdict against a longer budget: effrank confirm {run_dir}")
     _print_curves_hint(run_dir)
     return _report_failures(run_dir)
 
@@ -260,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--cell-timeout", type=int, default=None, metavar="SECONDS",
                            help="stop a notebook cell that runs longer (0: no limit; default: 2 h for the teacher "
                                 "and sweep notebooks, 10 min for the analysis)")
+    reproduce.add_argument("--confirm-factor", type=int, default=2, metavar="FACTOR",
+                           help="train the students deciding r_lo, r_hi and the knee again under FACTOR times the "
+                                "budget (effrank confirm) before the analysis; 0: skip (default: 2)")
     reproduce.set_defaults(run=_reproduce)
 
     sweep = commands.add_parser("sweep", help="train the teacher (if needed) and the students, without notebooks",

@@ -9,7 +9,16 @@ import pytest
 from effrank_utils.cli import main
 from effrank_utils.estimate.convergence import deciding_ranks, movements
 from effrank_utils.estimate.curves import effective_rank
-from effrank_utils.records.run_folder import TEACHER_FILE, confirm_paths, load_run_config, read_sweep, write_sweep_csv
+from effrank_utils.records.run_folder import (
+    TEACHER_FILE,
+    confirm_paths,
+    load_run_config,
+    read_sweep,
+    rows_digest,
+    write_sweep_csv,
+)
+from effrank_utils.report.analysis import analyze, headline, study_confirmation, summary_text, write_summary
+from effrank_utils.report.study import load_study
 from effrank_utils.run.confirm import confirm, longer_budget, with_retrained
 from effrank_utils.run.entry import load_preset
 from effrank_utils.run.sweep import run_sweep
@@ -155,3 +164,47 @@ def test_a_bad_factor_is_one_line_before_anything_is_written(study, tmp_path, ca
     assert main(["confirm", str(copy), "--factor", "1"]) == 2
     assert capsys.readouterr().err.startswith("error: factor: ")
     assert not (copy / "confirm").exists()
+
+
+# ------------------------------------------------------------------------------------------ shown by the analysis
+def fit_of(run_dir, band=None):
+    loaded = load_study(run_dir)
+    return loaded, analyze(loaded, band or loaded.config.band, loaded.config.reference)
+
+
+def test_the_analysis_shows_the_confirmation_of_the_study_as_it_is(study, confirmed):
+    record, _ = confirmed
+    loaded, result = fit_of(study)
+    assert record["rows"] == rows_digest(loaded.table, loaded.teacher_accuracy)
+    assert study_confirmation(loaded, result) == {"record": record, "stale": [],
+                                                  "describe": f"longer budget: {record['verdict']}"}
+    assert summary_text(loaded, result).endswith(f" Longer budget: {record['verdict']}.")
+    _, other_band = fit_of(study, (0.5, 0.6))  # the confirmation held the study's own band, not this one
+    assert study_confirmation(loaded, other_band) == {
+        "record": None, "stale": [], "describe": "longer budget: checked for the study's own band and reference only"}
+
+
+def test_a_confirmation_of_other_rows_is_set_aside_and_reading_writes_nothing(study, confirmed, tmp_path):
+    record, _ = confirmed
+    copy = tmp_path / "copy"
+    shutil.copytree(study, copy)
+    (copy / "tasks" / "r00008_s0.json").unlink()  # the study's rows change (a student to be trained again)
+    write_sweep_csv(copy)
+    files = snapshot(copy), (copy / "confirm" / "x2.json").read_bytes()
+    loaded, result = fit_of(copy)
+    shown = study_confirmation(loaded, result)
+    assert shown["record"] is None and shown["stale"] == [2]
+    assert shown["describe"] == (f"longer budget: not checked (effrank confirm {copy}); x2 set aside, computed "
+                                 "before the study's students changed")
+    assert record["verdict"] not in summary_text(loaded, result)
+    assert (snapshot(copy), (copy / "confirm" / "x2.json").read_bytes()) == files  # reading wrote nothing
+    write_summary(loaded, result, loaded.config.reference)
+    assert f"; {shown['describe']}; estimator: " in headline(copy) and record["verdict"] not in headline(copy)
+
+
+def test_a_study_never_confirmed_says_how_to_confirm_it(study, confirmed, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(study, copy, ignore=shutil.ignore_patterns("confirm"))
+    loaded, result = fit_of(copy)
+    assert study_confirmation(loaded, result) == {"record": None, "stale": [],
+                                                  "describe": f"longer budget: not checked (effrank confirm {copy})"}

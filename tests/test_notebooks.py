@@ -21,7 +21,8 @@ SMOKE = {"ranks": [1, 2, 4, 8, 16], "band": [0.8, 0.9]}
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 COMPARE = "04_compare_studies.ipynb"  # not part of `make reproduce`
-DECLARED = {NOTEBOOKS[0]: {"preset", "run_dir", "overrides"}, NOTEBOOKS[1]: {"preset", "run_dir", "overrides"},
+DECLARED = {NOTEBOOKS[0]: {"preset", "run_dir", "overrides"},
+            NOTEBOOKS[1]: {"preset", "run_dir", "overrides", "confirm_factor"},
             NOTEBOOKS[2]: {"preset", "run_dir", "band", "reference", "save"},
             COMPARE: {"run_dirs", "labels", "out_dir"}}
 
@@ -111,6 +112,18 @@ def test_all_notebooks_run_and_write_their_outputs(smoke_run):
         assert (run_dir / name).exists(), name
 
 
+def test_the_sweep_notebook_confirms_the_verdict_and_the_analysis_shows_it(smoke_run):
+    run_dir, executed = smoke_run
+    record = json.loads((run_dir / "confirm" / "x2.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["confirmation"]["record"] == record and summary["confirmation"]["stale"] == []
+    assert summary["confirmation"]["describe"] == f"longer budget: {record['verdict']}"
+    analysis = "".join(o.get("text", "") for c in nbformat.read(executed[2], as_version=4).cells
+                       for o in c.get("outputs", []))
+    assert f"Longer budget: {record['verdict']}." in analysis  # in the summary paragraph
+    assert f"longer budget: {record['verdict']}\n" in analysis  # and under the one-run check
+
+
 def test_summary_matches_the_curve_analysis_of_the_csv(smoke_run):
     run_dir, _ = smoke_run
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -143,6 +156,13 @@ def test_rerun_resumes_instead_of_retraining(smoke_run, kernel_env):
 def test_reproduce_refuses_bad_parameters_before_running(tmp_path, capsys):
     assert main(["reproduce", "--preset", "smoke", "--results", str(tmp_path), "--set", "loss=l2"]) == 2
     assert "loss: unknown value 'l2'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("factor", ["1", "-2"])
+def test_reproduce_refuses_a_confirm_factor_below_two_before_running(factor, kernel_env, tmp_path, capsys):
+    assert main(["reproduce", "--preset", "smoke", "--results", str(tmp_path), "--confirm-factor", factor]) == 2
+    assert capsys.readouterr().err.startswith("error: --confirm-factor: the budget's multiple must be an integer")
+    assert not any(tmp_path.iterdir())
     assert not (tmp_path / "smoke").exists()
 
 
@@ -168,13 +188,19 @@ def test_analysis_panel_completes_headlessly_again_and_again(smoke_run):
 def test_printed_sweep_rows_reach_the_terminal(kernel_env, tmp_path, capsys):
     run_notebooks("smoke", tmp_path, {"ranks": [1, 4]}, notebooks=NOTEBOOKS[:2])  # progress on, as in `make`
     lines = capsys.readouterr().out.splitlines()
-    rows = [line for line in lines if line.startswith("[02_rank_sweep] rank ")]
-    assert [row.split(":")[0] for row in rows] == [f"[02_rank_sweep] rank {r:>4} seed 0" for r in (1, 4)]
+    at = [i for i, line in enumerate(lines) if line.startswith("[02_rank_sweep] rank ")]
+    rows = [lines[i] for i in at]
+    assert [row.split(":")[0] for row in rows[:2]] == [f"[02_rank_sweep] rank {r:>4} seed 0" for r in (1, 4)]
     assert all(": ok, final accuracy " in row for row in rows)
+    # then the deciding students again (effrank confirm), under a line that says so, and its verdict
+    record = json.loads((tmp_path / "confirm" / "x2.json").read_text())
+    header = lines.index("[02_rank_sweep] confirming: the deciding students again under 2x the budget")
+    assert at[1] < header < at[2] and len(rows) == 2 + len(record["ranks"])
+    assert lines.index(f"[02_rank_sweep] {record['verdict']}") > at[-1]
     assert any(line.startswith("[01_train_teacher] teacher: test accuracy ") for line in lines)
     assert any(line.startswith("[01_train_teacher] model input: mean (0.3079), std (0.3786)") for line in lines)
     assert any(line.endswith("bilinear resize to 9, center crop 8 (dataset)") for line in lines)
-    assert lines.index(rows[-1]) < lines.index(f"[02_rank_sweep] 2 students in {tmp_path / 'sweep.csv'}")
+    assert at[1] < lines.index(f"[02_rank_sweep] 2 students in {tmp_path / 'sweep.csv'}")
     assert not any("final_accuracy" in line or "student/s" in line for line in lines)  # no tables, no tqdm bars
 
 

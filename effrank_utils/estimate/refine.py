@@ -32,10 +32,12 @@ def _bisect(swept: np.ndarray, value: float) -> int | None:
     return int(round((lo + hi) / 2))
 
 
-def next_ranks(ranks: Iterable[float], accuracy: Iterable[float], reference: float,
-               band: Sequence[float] = DEFAULT_BAND, max_rank: int | None = None) -> list[int]:
-    """Ranks to sweep next (sorted, new), or an empty list when region and knee are bracketed to tolerance."""
-    result = effective_rank(ranks, accuracy, reference, band, n_bootstrap=0)
+def next_ranks(ranks: Iterable[float], accuracy: Iterable[float], reference: float | str,
+               band: Sequence[float] = DEFAULT_BAND, max_rank: int | None = None, *,
+               teacher_accuracy: float | None = None) -> list[int]:
+    """Ranks to sweep next (sorted, new), or an empty list when region and knee are bracketed to tolerance.
+    ``reference`` and ``teacher_accuracy`` are :func:`~effrank_utils.estimate.curves.effective_rank`'s."""
+    result = effective_rank(ranks, accuracy, reference, band, teacher_accuracy=teacher_accuracy, n_bootstrap=0)
     swept = result.ranks
     proposals: set[int] = set()
     for crossing in (result.low, result.high):

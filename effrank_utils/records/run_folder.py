@@ -18,7 +18,7 @@ Layout::
     spectra.json           those singular values (by map) and the measures' medians per map kind, block, model
     summary.json           the analysis; figures/: PNG and SVG; notebooks/: executed notebooks
     confirm/x<F>/          ``effrank confirm``: the deciding students under F times the budget (a run folder)
-    confirm/x<F>.json      and how far r_lo, r_hi and the knee moved with them
+    confirm/x<F>.json      and how far r_lo, r_hi and the knee moved with them, for the rows it read (their digest)
 
 A study's *identity* is a digest of the fields that define the teacher and the students plus a fingerprint of
 the data's content. A folder, a teacher checkpoint or a row made under another identity is never counted as
@@ -92,6 +92,7 @@ COLUMNS = ("rank", "seed", "status", "params", "teacher_params", "compression", 
 EPOCH_FIELDS = ("epoch", "lr", "loss", "val_accuracy", "test_accuracy")  # a student's epochs, in its row
 EPOCH_COLUMNS = ("rank", "seed", *EPOCH_FIELDS)  # of epochs.csv
 TASK_FILE = re.compile(r"r(\d+)_s(\d+)\.json")
+CONFIRM_RECORD = re.compile(r"x(\d+)\.json")  # confirm/x<F>.json
 
 
 @dataclass(frozen=True, order=True)
@@ -116,6 +117,23 @@ def default_run_dir(preset: str, results: str | Path = DEFAULT_RESULTS) -> Path:
 def confirm_paths(run_dir: str | Path, factor: int) -> tuple[Path, Path]:
     """Where ``effrank confirm --factor F`` keeps its run folder of the longer budget, and its record."""
     return Path(run_dir) / CONFIRM_DIR / f"x{factor}", Path(run_dir) / CONFIRM_DIR / f"x{factor}.json"
+
+
+def read_confirmations(run_dir: str | Path) -> dict[int, dict]:
+    """The records ``effrank confirm`` left in ``run_dir``, by factor (empty when it never ran there)."""
+    folder = Path(run_dir) / CONFIRM_DIR
+    records = (CONFIRM_RECORD.fullmatch(path.name) for path in sorted(folder.glob("x*.json")))
+    return {int(match[1]): read_json(folder / match[0]) for match in records if match}
+
+
+def rows_digest(rows: pd.DataFrame, teacher_accuracy: float) -> str:
+    """A digest of what a study's curve is fitted from: the teacher's accuracy and each finished student's (rank,
+    seed, final accuracy), in any order. It changes when a student is added, trained again or left out, so a record
+    computed from the rows (a confirmation) can tell whether it still describes them."""
+    ordered = rows.sort_values(["rank", "seed"])
+    students = [[int(r), int(s), float(a)] for r, s, a in zip(ordered["rank"], ordered["seed"],
+                                                               ordered["final_accuracy"])]
+    return hashlib.sha256(json.dumps([float(teacher_accuracy), students]).encode()).hexdigest()[:20]
 
 
 def check_folder_path(path: str | Path, field: str) -> None:

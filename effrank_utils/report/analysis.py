@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -14,7 +15,7 @@ from ..estimate.convergence import Convergence, convergence
 from ..estimate.curves import DEFAULT_BAND, QUANTITY_LABELS, EffectiveRankResult, effective_rank, sensitivity_table
 from ..estimate.noise import NOISE_Z
 from ..estimate.spectra import MEASURES, summarize
-from ..records.run_folder import COVERAGE_JSON, SUMMARY_JSON
+from ..records.run_folder import COVERAGE_JSON, SUMMARY_JSON, rows_digest
 from .plotting import plot_convergence, plot_effective_rank, plot_spectra, save_figure
 from .study import Study
 
@@ -59,6 +60,31 @@ NO_RECORDS = "convergence unknown (the sweep kept no per-epoch records)"
 def verdict(found: Convergence | None) -> str:
     """``converged (...)`` / ``not converged: train longer (...)``, or why it cannot be said."""
     return found.verdict() if found is not None else NO_RECORDS
+
+
+def study_confirmation(study: Study, result: EffectiveRankResult) -> dict:
+    """What a longer budget said about ``result`` (``effrank confirm``'s records in the study's run folder).
+
+    Returns ``record``: the record of the largest factor computed from the study's present rows, band and
+    reference (``None`` when there is none); ``stale``: the factors of records computed from other rows (the study
+    was extended or a student trained again since), never shown as its confirmation; and ``describe``, in words.
+    """
+    rows = rows_digest(study.table, study.teacher_accuracy)
+    current = {f: r for f, r in study.confirmations.items() if r.get("rows") == rows}
+    matching = [f for f, r in current.items() if tuple(r["band"]) == tuple(result.band)
+                and math.isclose(r["reference_accuracy"], result.reference)]
+    record = current[max(matching)] if matching else None
+    stale = sorted(set(study.confirmations) - set(current))
+    if record is not None:
+        describe = f"longer budget: {record['verdict']}"
+    elif current:
+        describe = "longer budget: checked for the study's own band and reference only"
+    else:
+        describe = f"longer budget: not checked (effrank confirm {study.run_dir})"
+    if stale:
+        describe += (f"; {', '.join(f'x{f}' for f in stale)} set aside, computed before the study's students "
+                     "changed")
+    return {"record": record, "stale": stale, "describe": describe}
 
 
 MEASURE_LABELS = {"entropy_rank": "entropy effective rank", "stable_rank": "stable rank",
@@ -122,7 +148,8 @@ def region_facts(study: Study, result: EffectiveRankResult) -> dict:
 def summary_text(study: Study, result: EffectiveRankResult, found: Convergence | None = None) -> str:
     """One paragraph for people: region, knee (or why it is undefined), what the region costs in parameters,
     with several seeds the bootstrap intervals (a censored one says in how many resamples its level was missed),
-    and whether the estimate has converged in the students' budget (``found``, when given)."""
+    whether the estimate has converged in the students' budget (``found``, when given) and what a longer budget
+    said (:func:`study_confirmation`)."""
     f = region_facts(study, result)
     text = (f"Effective-rank region [{f['region_low']}, {f['region_high']}] for {result.band[0]:.0%}-"
             f"{result.band[1]:.0%} of reference accuracy {result.reference:.4f}; effective knee "
@@ -141,7 +168,8 @@ def summary_text(study: Study, result: EffectiveRankResult, found: Convergence |
         text += f" The study is {study.describe_missing()}: those ranks are left out of the fit."
     if found is not None:
         text += f" Budget: {found.verdict()}."
-    return text
+    confirmed = study_confirmation(study, result)["describe"]
+    return f"{text} {confirmed[0].upper()}{confirmed[1:]}."
 
 
 def summary(study: Study, result: EffectiveRankResult, reference: str | float,
@@ -151,7 +179,8 @@ def summary(study: Study, result: EffectiveRankResult, reference: str | float,
     ``knee`` is ``None`` where undefined, with ``knee_status`` saying why. ``intervals`` (with several seeds) maps
     ``region_low``/``region_high``/``knee`` to ``low``, ``high``, ``reached`` (share of bootstrap resamples in which
     the level was reached / the knee defined), ``censored`` (``reached`` below 95%), ``resamples``, the shares
-    missing by why, and ``describe``. ``found`` is the study's :func:`study_convergence` when already computed.
+    missing by why, and ``describe``. ``confirmation`` is :func:`study_confirmation`'s. ``found`` is the study's
+    :func:`study_convergence` when already computed.
     """
     fitted = result.to_dict()
     found = found if found is not None else study_convergence(study, result.band, reference)
@@ -176,6 +205,7 @@ def summary(study: Study, result: EffectiveRankResult, reference: str | float,
         "missing": [[t.rank, t.seed] for t in study.missing],  # (rank, seed) without a result: not yet, or failed
         "converged": found.converged if found is not None else (None if study.complete else False),
         "convergence": found.to_dict() if found is not None else None,
+        "confirmation": study_confirmation(study, result),  # record (or None), stale factors, describe
         "coverage": read_json(study.run_dir / COVERAGE_JSON) if (study.run_dir / COVERAGE_JSON).exists() else None,
         "training_free": training_free_record(study, result),
         "table": study.table.replace({np.nan: None}).to_dict(orient="records"),
@@ -236,5 +266,6 @@ def headline(run_dir: str | Path) -> str:
     return (f"effective-rank region [{facts['region_low']}, {facts['region_high']}] ({lo:.0%}-{hi:.0%} of "
             f"{reference['kind']} accuracy {reference['accuracy']:.4f}), {knee}; "
             + (found["verdict"] if found else NO_RECORDS if summary.get("complete", True) else "incomplete")
+            + (f"; {summary['confirmation']['describe']}" if summary.get("confirmation") else "")
             + f"; estimator: {estimator['init']} init, {estimator['loss']} loss, {budget}"
             + "".join(f"; {c}" for c in censored))

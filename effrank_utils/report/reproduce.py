@@ -109,14 +109,16 @@ def sign_notebook(path: Path) -> None:
 
 def run_notebooks(preset: str, run_dir: Path, overrides: dict[str, Any], notebook_dir: Path = DEFAULT_NOTEBOOK_DIR,
                   kernel_name: str | None = None, progress: bool = True, *, notebooks: Sequence[str] = NOTEBOOKS,
-                  cell_timeout: int | None | dict[str, int | None] = CELL_TIMEOUTS) -> list[Path]:
+                  cell_timeout: int | None | dict[str, int | None] = CELL_TIMEOUTS, confirm_factor: int = 2
+                  ) -> list[Path]:
     """Execute ``notebooks`` (default: the numbered three) in order into ``run_dir/notebooks``; returns the executed
     copies, each signed as trusted.
 
     ``progress`` shows papermill's per-cell bar and the notebooks' printed lines (e.g. one line per student of the
     sweep) as they happen. A cell running longer than ``cell_timeout`` seconds (``None``: no limit; a dict: by
-    notebook name) is stopped. Each notebook gets the parameters it declares among ``preset``, ``run_dir`` and
-    ``overrides``.
+    notebook name) is stopped. Each notebook gets the parameters it declares among ``preset``, ``run_dir``,
+    ``overrides`` and ``confirm_factor`` (notebook 02 ends by confirming the verdict under that multiple of the
+    students' budget; 0: not).
     Raises :class:`NotebookFailed` (naming the notebook, the cell and the error) if one fails, and
     :class:`NotebookTimedOut` (a :class:`NotebookFailed`) if a cell times out.
     """
@@ -126,7 +128,8 @@ def run_notebooks(preset: str, run_dir: Path, overrides: dict[str, Any], noteboo
 
     out_dir = run_dir / NOTEBOOK_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
-    offered = {"preset": preset, "run_dir": str(run_dir.resolve()), "overrides": overrides}
+    offered = {"preset": preset, "run_dir": str(run_dir.resolve()), "overrides": overrides,
+               "confirm_factor": confirm_factor}
     executed = []
     for name in notebooks:
         output = out_dir / name

@@ -18,6 +18,7 @@ from ..records.run_folder import (
     TEACHER_JSON,
     Task,
     missing_tasks,
+    read_confirmations,
     read_epochs,
     read_record,
     read_spectra,
@@ -42,6 +43,7 @@ class Study:
     missing: tuple[Task, ...] = ()  # students the study asks for without a successful row (not yet, or failed)
     environments: tuple[dict, ...] = ()  # what computed into it (versions, threads, device, commit), oldest first
     preprocessing: dict | None = None  # what made the model input (statistics, interpolation, resize, crop)
+    confirmations: dict[int, dict] = field(default_factory=dict)  # effrank confirm's records, by factor
 
     @property
     def complete(self) -> bool:
@@ -96,7 +98,7 @@ def load_study(run_dir: str | Path) -> Study:
     return Study(run_dir, config, float(teacher["accuracy"]), ok.reset_index(drop=True),
                  failed.reset_index(drop=True), epochs, read_spectra(run_dir),
                  tuple(missing_tasks(run_dir, config, table)), tuple(record.get("environments", ())),
-                 record.get("preprocessing"))
+                 record.get("preprocessing"), read_confirmations(run_dir))
 
 
 def load_finished_study(run_dir: str | Path) -> Study:

@@ -33,6 +33,7 @@ from ..records.run_folder import (
     load_run_config,
     missing_tasks,
     read_sweep,
+    rows_digest,
 )
 from ..training.data import ImageData
 from .sweep import run_sweep
@@ -40,10 +41,15 @@ from .sweep import run_sweep
 log = logging.getLogger(__name__)
 
 
+def check_factor(factor: int, field: str = "factor") -> None:
+    """Refuse a budget multiple that is not an integer >= 2, naming ``field``."""
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
+        raise ValueError(f"{field}: the budget's multiple must be an integer >= 2, got {factor!r}")
+
+
 def longer_budget(config: StudyConfig, factor: int) -> StudyConfig:
     """``config`` with ``factor`` times the students' epoch cap and patience (a patience of 0 stays 0)."""
-    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
-        raise ValueError(f"factor: the budget's multiple must be an integer >= 2, got {factor!r}")
+    check_factor(factor)
     return config.replace(student_epochs=config.student_epochs * factor,
                           student_patience=config.student_patience * factor)
 
@@ -101,9 +107,10 @@ def confirm(run_dir: str | Path, factor: int = 2, data: ImageData | None = None)
     Returns
     -------
     dict
-        What ``confirm/x<factor>.json`` holds: ``budget`` (shorter and longer), ``ranks`` retrained, ``before`` and
-        ``after`` (r_lo, r_hi, knee), ``movements`` (name -> distance, tolerance, settled), ``settled`` and
-        ``verdict`` in words. Rerunning resumes the longer-budget students where they stopped.
+        What ``confirm/x<factor>.json`` holds: ``rows`` (:func:`~effrank_utils.records.run_folder.rows_digest` of the
+        study's rows it confirms), ``band`` and ``reference_accuracy`` (the study's own), ``budget`` (shorter and
+        longer), ``ranks`` retrained, ``before`` and ``after`` (r_lo, r_hi, knee), ``movements`` (name -> distance,
+        tolerance, settled), ``settled`` and ``verdict`` in words. Rerunning resumes the longer-budget students where they stopped.
 
     Notes
     -----
@@ -134,6 +141,8 @@ def confirm(run_dir: str | Path, factor: int = 2, data: ImageData | None = None)
     settled = all(m.settled for m in moved)
     record = {
         "factor": factor, "ranks": ranks, "seeds": list(config.seeds),
+        "rows": rows_digest(done, teacher),  # the study's rows it confirms: analyze sets a stale record aside
+        "band": list(before.band), "reference_accuracy": before.reference,
         "budget": {"shorter": _budget(config), "longer": _budget(longer)},
         "before": _quantities(before), "after": _quantities(after),
         "movements": {m.name: m.to_dict() for m in moved},

@@ -171,8 +171,7 @@ def run_sweep(config: StudyConfig, run_dir: str | Path, *, ranks: Sequence[int] 
     write_sweep_csv(run_dir)
     table = read_sweep(run_dir)
     if tensorboard_enabled(config):
-        write_study_curve(run_dir, table, teacher.accuracy if config.reference == "teacher" else config.reference,
-                          config.band)
+        write_study_curve(run_dir, table, config.reference, config.band, teacher_accuracy=teacher.accuracy)
     return table
 
 
@@ -181,7 +180,6 @@ def _sweep_rounds(run: SweepRun) -> None:
     config = run.config
     _run_tasks(run, [Task(r, s) for s in config.seeds for r in config.ranks])
     if config.sweep_mode == "adaptive":
-        reference = run.teacher.accuracy if config.reference == "teacher" else config.reference
         limit = rank_limit(config, run.data.channels)
         for round_ in range(1, config.refine_rounds + 1):
             done = read_sweep(run.run_dir)
@@ -190,7 +188,8 @@ def _sweep_rounds(run: SweepRun) -> None:
                 log.warning("refinement stopped: %d rank(s) trained successfully and a curve needs 2; rerun the "
                             "sweep to train the failed students again", done["rank"].nunique())
                 break
-            new = next_ranks(done["rank"], done["final_accuracy"], reference, config.band, limit)
+            new = next_ranks(done["rank"], done["final_accuracy"], config.reference, config.band, limit,
+                             teacher_accuracy=run.teacher.accuracy)
             if not new:
                 break
             log.info("refinement round %d: adding ranks %s", round_, new)

@@ -74,13 +74,16 @@ class Curves:
             self.writer.close()
 
 
-def write_study_curve(run_dir: str | Path, table, reference: float | str, band: Sequence[float]) -> None:
+def write_study_curve(run_dir: str | Path, table, reference: float | str, band: Sequence[float], *,
+                      teacher_accuracy: float | None = None) -> None:
     """The sweep's accuracy against rank (mean over seeds; the step is the rank), and its region and knee, in
-    ``<run>/tensorboard/study/`` (rewritten whole: a later sweep may add ranks)."""
+    ``<run>/tensorboard/study/`` (rewritten whole: a later sweep may add ranks). ``reference`` and
+    ``teacher_accuracy`` are :func:`~effrank_utils.estimate.curves.effective_rank`'s."""
     ok = table[table["status"] == "ok"]
     if ok["rank"].nunique() < 2:
         return
-    result = effective_rank(ok["rank"], ok["final_accuracy"], reference, band, n_bootstrap=0)
+    result = effective_rank(ok["rank"], ok["final_accuracy"], reference, band, teacher_accuracy=teacher_accuracy,
+                            n_bootstrap=0)
     writer = _writer(Path(run_dir) / TENSORBOARD_DIR / STUDY, purge_step=0)
     try:
         for rank, accuracy in ok.groupby("rank")["final_accuracy"].mean().items():

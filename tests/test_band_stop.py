@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from effrank_utils.estimate.noise import effective_margin, noise_margin
+from effrank_utils.estimate.noise import effective_margin, paired_noise_margin
 from effrank_utils.records.config import config_from_dict
 from effrank_utils.records.run_folder import read_epochs
 from effrank_utils.report import analysis
@@ -13,15 +13,20 @@ from effrank_utils.report.study import load_study
 from effrank_utils.run import sweep
 from effrank_utils.run.band_stop import ABOVE_BAND, BELOW_BAND, band_stop_rule
 from effrank_utils.run.entry import load_preset
-from effrank_utils.training.loop import Recipe
+from effrank_utils.lowrank.factorize import factorize
+from effrank_utils.run.teacher import train_teacher
+from effrank_utils.training.data import pipeline_for
+from effrank_utils.training.distill import DistillationLoss
+from effrank_utils.training.loading import load_data_for
+from effrank_utils.training.loop import Recipe, correct_predictions, discordance, fit, recipe_for
 
 RECIPE = Recipe(50, 1e-3, 0.0, schedule="plateau", patience=2)
 LARGE = 100_000  # validation images: a noise margin far below the margin given
 RULE = band_stop_rule(0.80, (0.85, 0.95), 0.03, RECIPE, LARGE)  # above: >= 0.784; below: <= 0.656 at a plateau
 
 
-def history(*accuracies: float) -> list[dict]:
-    return [{"epoch": i + 1, "val_accuracy": a} for i, a in enumerate(accuracies)]
+def history(*accuracies: float, discordant: float = 0.1) -> list[dict]:
+    return [{"epoch": i + 1, "val_accuracy": a, "val_discordant": discordant} for i, a in enumerate(accuracies)]
 
 
 @pytest.mark.parametrize("accuracies, reason", [
@@ -42,25 +47,56 @@ def test_rule_needs_a_plateau_to_call_a_student_below():
     assert never(history(0.1, 0.1, 0.1, 0.1)) is None and never(history(0.9)) == ABOVE_BAND  # one epoch suffices
 
 
-def test_a_small_validation_split_widens_the_margin_to_its_noise():
-    # CIFAR-10's measured case: teacher 0.42 on 300 validation images, 2 standard errors = 0.137 of it
-    assert noise_margin(0.42, 300) == pytest.approx(2 * (0.42 * 0.58 / 300) ** 0.5 / 0.42)
-    assert effective_margin(0.03, 0.42, 300) == noise_margin(0.42, 300) > 0.13
-    assert effective_margin(0.03, 0.95, 100_000) == 0.03
+def test_the_margin_is_the_paired_noise_of_the_difference_from_the_teacher():
+    # 2 standard errors of (student right - teacher right) per image, relative to the teacher's accuracy
+    assert paired_noise_margin(0.40, 0.42, 0.30, 300) == pytest.approx(2 * ((0.30 - 0.02 ** 2) / 300) ** 0.5 / 0.42)
+    assert effective_margin(0.03, 0.40, 0.42, 0.30, 300) == paired_noise_margin(0.40, 0.42, 0.30, 300) > 0.15
+    assert effective_margin(0.03, 0.95, 0.95, 0.01, 100_000) == 0.03
+    # CIFAR-10's measured case: teacher 0.42 on 300 validation images
     noisy = band_stop_rule(0.42, (0.85, 0.95), 0.03, RECIPE, validation_size=300)
-    assert noisy(history(0.42, 0.43, 0.42)) is None  # at the teacher's level: within the noise of 300 images
-    assert noisy(history(0.46, 0.47)) == ABOVE_BAND  # (0.95 + 0.137) x 0.42 = 0.457
-    assert noisy(history(0.30, 0.25, 0.28)) == BELOW_BAND  # (0.85 - 0.137) x 0.42 = 0.299
-    assert noisy(history(0.33, 0.30, 0.31)) is None  # below the band, not beyond its noise: trains on
-    assert noise_margin(0.0, 300) == noise_margin(0.5, 0) == math.inf  # nothing to judge against: never stops
+    assert noisy(history(0.42, 0.43, 0.42, discordant=0.30)) is None  # the teacher's level, disagreeing often
+    assert noisy(history(0.46, 0.47, discordant=0.06)) == ABOVE_BAND  # margin 0.066: (0.95 + 0.066) x 0.42 = 0.427
+    assert noisy(history(0.30, 0.25, 0.28, discordant=0.20)) == BELOW_BAND  # (0.85 - 0.13) x 0.42 = 0.30
+    assert noisy(history(0.33, 0.30, 0.31, discordant=0.30)) is None  # below the band, not beyond its noise
+    # demo's case: teacher 0.889 on 144 images; the teacher's binomial noise (0.059 of it) would keep a student
+    # that agrees with it on all but 1 % of the images training at the teacher's own level
+    demo = band_stop_rule(0.889, (0.85, 0.95), 0.03, RECIPE, validation_size=144)
+    assert demo(history(0.889, 0.889, discordant=0.01)) == ABOVE_BAND  # margin 0.03: 0.98 x 0.889 = 0.871
+    assert demo(history(0.889, 0.889, discordant=0.08)) is None  # margin 0.071: 1.021 x 0.889 = 0.908
+    assert paired_noise_margin(0.5, 0.0, 0.5, 300) == paired_noise_margin(0.5, 0.5, 0.5, 0) == math.inf
+
+
+def test_an_epoch_without_its_paired_record_is_never_judged_outside_the_band():
+    bare = [{"epoch": e, "val_accuracy": a} for e, a in enumerate((0.99, 0.99, 0.01, 0.01, 0.01), 1)]
+    assert RULE(bare[:2]) is None and RULE(bare) is None
+
+
+def test_each_epoch_records_the_students_discordance_with_the_teacher(tmp_path):
+    config = load_preset("smoke", validation_fraction=0.3, student_epochs=2)
+    data = load_data_for(config)
+    teacher = train_teacher(config, tmp_path, data).model
+    pipeline = pipeline_for(config, data, config.student_batch_size)
+    reference = correct_predictions(teacher, pipeline, split="val")
+    students = [factorize(teacher, 16), factorize(teacher, 1)]  # the teacher's own copy (before training), and rank 1
+    loss = DistillationLoss(teacher, "kd", config.kd_temperature, config.kd_alpha)
+    results = fit(students, loss, pipeline, recipe_for(config, "student"), seed=0, val_reference=reference)
+    for student, result in zip(students, results):
+        right = correct_predictions(student, pipeline, split="val")
+        assert result.history[-1]["val_discordant"] == (right != reference).sum().item() / len(reference)
+        assert result.history[-1]["val_accuracy"] == right.sum().item() / len(right)
+    assert discordance(correct_predictions(factorize(teacher, 16), pipeline, split="val"), reference) == 0.0
+    (plain,) = fit([factorize(teacher, 1)], loss, pipeline, recipe_for(config, "student"), seed=0)
+    assert "val_discordant" not in plain.history[-1]
 
 
 @pytest.fixture
 def stopped():
-    """digits with a validation split of 575 images (enough that its noise margin leaves the weak teacher's students
-    room above the band); rank 16 is the full rank of smoke's 16-wide blocks (the teacher itself)."""
-    return load_preset("smoke", ranks=[1, 16], train_subset=None, validation_fraction=0.4, student_epochs=4,
-                       student_patience=2, student_schedule="plateau", band_stop=0.02)
+    """digits with a validation split of 575 images and a teacher well above chance; rank 16 is the full rank of
+    smoke's 16-wide blocks (the teacher itself), trained at a rate low enough to stay close to it (a student that
+    changes a fifth of its answers in an epoch is too far from the teacher to be judged on 575 images)."""
+    return load_preset("smoke", ranks=[1, 16], train_subset=None, validation_fraction=0.4, teacher_epochs=30,
+                       student_epochs=4, student_lr=3e-4, student_patience=2, student_schedule="plateau",
+                       band_stop=0.02)
 
 
 def test_a_student_clearly_above_the_band_stops_while_the_others_train_on(stopped, tmp_path):
@@ -81,7 +117,8 @@ def test_the_headline_names_the_band_stop_and_where_its_knee_comes_from(stopped,
     analysis.save_results(study, analysis.analyze(study), "teacher")
     assert json.loads((tmp_path / "summary.json").read_text())["estimator"]["band_stop"] == 0.02
     line = analysis.headline(tmp_path)
-    assert "stopped once 0.02 (or 2 standard errors of the validation accuracy, if more) outside the band" in line
+    assert ("stopped once 0.02 (or 2 standard errors of its difference from the teacher on the validation split, "
+            "if more) outside the band") in line
     assert ("(of students stopped above the band: not their converged knee)" in line) == ("knee undefined" not in line)
 
 

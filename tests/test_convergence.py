@@ -62,15 +62,16 @@ def models(config, data, n=2):
 def scripted_validation(monkeypatch):
     """Validation accuracy by script: model 0 plateaus after its first epoch, model 1 improves every epoch."""
     calls = {0: 0, 1: 0}
-    real = loop.evaluate
+    real = loop.correct_predictions
 
-    def evaluate(model, pipeline, amp=False, split="test"):
+    def correct_predictions(model, pipeline, amp=False, split="test"):
         if split != "val":
             return real(model, pipeline, amp, split)
         calls[model.slot] += 1
-        return 0.5 if model.slot == 0 else 0.1 * calls[model.slot]
+        right = 5 if model.slot == 0 else calls[model.slot]  # of 10 images: 0.5, or 0.1 more every epoch
+        return torch.arange(10) < right
 
-    monkeypatch.setattr(loop, "evaluate", evaluate)
+    monkeypatch.setattr(loop, "correct_predictions", correct_predictions)
     return calls
 
 

@@ -259,8 +259,8 @@ def headline(run_dir: str | Path) -> str:
               f"{estimator['student_patience']})" if estimator.get("student_patience")
               else f"{estimator['student_epochs']} epochs")
     if estimator.get("band_stop"):
-        budget += (f", stopped once {estimator['band_stop']:g} (or {NOISE_Z:g} standard errors of the validation "
-                   "accuracy, if more) outside the band")
+        budget += (f", stopped once {estimator['band_stop']:g} (or {NOISE_Z:g} standard errors of its difference "
+                   "from the teacher on the validation split, if more) outside the band")
         if summary["knee"] is not None:
             knee += " (of students stopped above the band: not their converged knee)"
     return (f"effective-rank region [{facts['region_low']}, {facts['region_high']}] ({lo:.0%}-{hi:.0%} of "

@@ -31,7 +31,7 @@ from ..records.run_folder import (
 )
 from ..training.data import ImageData, pipeline_for
 from ..training.distill import DistillationLoss
-from ..training.loop import FitResult, evaluate, fit, recipe_for
+from ..training.loop import FitResult, correct_predictions, evaluate, fit, recipe_for, share
 from ..training.models import resolve_device
 from ..training.teacher_cache import TeacherLogitCache, cache_key
 from .band_stop import band_stop_rule
@@ -84,11 +84,11 @@ def train_students(config: StudyConfig, teacher: torch.nn.Module, data: ImageDat
         cache = TeacherLogitCache(cache_dir, cache_key(teacher, pipeline, seed), data.train_labels.numel())
     loss = DistillationLoss(teacher, config.loss, config.kd_temperature, config.kd_alpha, cache)
     recipe = recipe_for(config, "student")
-    stop_rule = None
-    if config.band_stop:
-        teacher_val = evaluate(teacher, pipeline, config.amp, split="val")
-        stop_rule = band_stop_rule(teacher_val, config.band, config.band_stop, recipe,
-                                   validation_size=data.val_labels.numel())
+    stop_rule = teacher_val = None
+    if config.band_stop:  # students are judged against the teacher image by image (a paired comparison)
+        teacher_val = correct_predictions(teacher, pipeline, config.amp, split="val")
+        stop_rule = band_stop_rule(share(teacher_val), config.band, config.band_stop, recipe,
+                                   validation_size=teacher_val.numel())
     label = ",".join(str(t.rank) for t in tasks)
     def on_epoch(_: int, results: list[FitResult]) -> None:
         for model_curves, result in zip(curves or (), results):
@@ -96,7 +96,8 @@ def train_students(config: StudyConfig, teacher: torch.nn.Module, data: ImageDat
 
     results = fit(students, loss, pipeline, recipe, seed=seed, amp=config.amp, state_path=state_path,
                   state_tag=identity_of(config, data), on_epoch=on_epoch, checkpoint_every=config.checkpoint_every,
-                  desc=f"rank {label} seed {seed}", compile=config.compile, stop_rule=stop_rule)
+                  desc=f"rank {label} seed {seed}", compile=config.compile, stop_rule=stop_rule,
+                  val_reference=teacher_val)
     seconds = (time.perf_counter() - tic) / len(tasks)
     teacher_params = count_parameters(teacher)
     return [_row(t, config, teacher_params, count_parameters(s), z, r, seconds)

@@ -130,18 +130,33 @@ def autocast(device: torch.device, amp: bool):
     return nullcontext()
 
 
+def share(flags: torch.Tensor) -> float:
+    """The share of true values in a bool tensor, exactly (a count over a count, not a float32 mean)."""
+    return flags.sum().item() / flags.numel()
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, pipeline: BatchPipeline, amp: bool = False, split: str = "test") -> float:
-    """Top-1 accuracy on the pipeline's ``test`` (or ``val``) split (one host sync at the end)."""
+def correct_predictions(model: nn.Module, pipeline: BatchPipeline, amp: bool = False, split: str = "test"
+                        ) -> torch.Tensor:
+    """Per image of the pipeline's ``test`` (or ``val``) split, in order: whether the top-1 prediction is right (a
+    bool tensor on the data's device)."""
     was_training = model.training
     model.eval()
-    device = pipeline.data.device
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    with autocast(device, amp):
-        for x, y in pipeline.eval_batches(split):
-            correct += (model(x).argmax(dim=-1) == y).sum()
+    with autocast(pipeline.data.device, amp):
+        right = [model(x).argmax(dim=-1) == y for x, y in pipeline.eval_batches(split)]
     model.train(was_training)
-    return correct.item() / pipeline.data.labels(split).numel()
+    return torch.cat(right)
+
+
+def evaluate(model: nn.Module, pipeline: BatchPipeline, amp: bool = False, split: str = "test") -> float:
+    """Top-1 accuracy on the pipeline's ``test`` (or ``val``) split (one host sync at the end)."""
+    return share(correct_predictions(model, pipeline, amp, split))
+
+
+def discordance(right: torch.Tensor, reference: torch.Tensor) -> float:
+    """The share of images that one model gets right and the other wrong (either way): with the accuracy
+    difference, it gives the standard error of a paired comparison on those images."""
+    return share(right != reference)
 
 
 def plateaus(history: Sequence[dict], patience: int) -> int:
@@ -225,7 +240,8 @@ def fit(models: Sequence[nn.Module], objective: Objective, pipeline: BatchPipeli
         amp: bool = False, compile: bool = False, state_path: str | Path | None = None, state_tag: str | None = None,
         checkpoint_every: int = 1, desc: str = "training",
         on_epoch: Callable[[int, list[FitResult]], None] | None = None,
-        stop_rule: Callable[[Sequence[dict]], str | None] | None = None) -> list[FitResult]:
+        stop_rule: Callable[[Sequence[dict]], str | None] | None = None,
+        val_reference: torch.Tensor | None = None) -> list[FitResult]:
     """Train ``models`` in lockstep on one batch stream; returns one :class:`FitResult` per model.
 
     Per batch, ``objective.shared`` runs once; then each active model in turn computes its loss, backpropagates
@@ -237,7 +253,9 @@ def fit(models: Sequence[nn.Module], objective: Objective, pipeline: BatchPipeli
     and training starts over. With ``compile``, the models run through ``torch.compile`` on CUDA
     (:func:`compile_models`). ``stop_rule(history)``, asked after each epoch of each model that did not plateau,
     returns the reason to stop that model now (recorded as its ``stop_reason``) or ``None``; it must be a
-    function of the history alone, so that a resumed run stops where an uninterrupted one would.
+    function of the history alone, so that a resumed run stops where an uninterrupted one would. With
+    ``val_reference`` (another model's :func:`correct_predictions` on the validation split), each epoch also records
+    ``val_discordant``: the model's :func:`discordance` with it.
     """
     # ---- setup: compiled models (CUDA), optimizers, and the state of an interrupted run of the same models (same tag)
     device = pipeline.data.device
@@ -287,7 +305,10 @@ def fit(models: Sequence[nn.Module], objective: Objective, pipeline: BatchPipeli
                 continue
             record = {"epoch": epoch + 1, "loss": loss, "lr": lr * factor, "seconds": seconds}
             if pipeline.data.has_validation:
-                record["val_accuracy"] = evaluate(models[i], pipeline, amp, split="val")
+                right = correct_predictions(models[i], pipeline, amp, split="val")
+                record["val_accuracy"] = share(right)
+                if val_reference is not None:
+                    record["val_discordant"] = discordance(right, val_reference)
             results[i].history.append(record | {"test_accuracy": evaluate(models[i], pipeline, amp)})
             if plateaued(results[i].history, recipe):
                 results[i].stop_reason = PLATEAU

@@ -25,9 +25,8 @@ may see students stopped early.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
-
 import math
+from typing import Callable, Sequence
 
 from ..estimate.noise import effective_margin
 from ..training.loop import Recipe, plateaus

@@ -6,6 +6,7 @@ import shutil
 import pandas as pd
 import pytest
 
+from effrank_utils.base.storage import CorruptFile
 from effrank_utils.cli import main
 from effrank_utils.estimate.convergence import deciding_ranks, movements
 from effrank_utils.estimate.curves import effective_rank
@@ -208,3 +209,11 @@ def test_a_study_never_confirmed_says_how_to_confirm_it(study, confirmed, tmp_pa
     loaded, result = fit_of(copy)
     assert study_confirmation(loaded, result) == {"record": None, "stale": [],
                                                   "describe": f"longer budget: not checked (effrank confirm {copy})"}
+
+
+def test_a_damaged_confirmation_is_named_with_what_to_do(study, confirmed, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(study, copy)
+    (copy / "confirm" / "x2.json").write_text('{"factor": 2, "ro')
+    with pytest.raises(CorruptFile, match=r"x2\.json: damaged JSON .*; delete it and run effrank confirm again"):
+        load_study(copy)

@@ -123,7 +123,8 @@ def read_confirmations(run_dir: str | Path) -> dict[int, dict]:
     """The records ``effrank confirm`` left in ``run_dir``, by factor (empty when it never ran there)."""
     folder = Path(run_dir) / CONFIRM_DIR
     records = (CONFIRM_RECORD.fullmatch(path.name) for path in sorted(folder.glob("x*.json")))
-    return {int(match[1]): read_json(folder / match[0]) for match in records if match}
+    return {int(match[1]): read_json(folder / match[0], "delete it and run effrank confirm again")
+            for match in records if match}
 
 
 def rows_digest(rows: pd.DataFrame, teacher_accuracy: float) -> str:

@@ -110,7 +110,8 @@ def confirm(run_dir: str | Path, factor: int = 2, data: ImageData | None = None)
         What ``confirm/x<factor>.json`` holds: ``rows`` (:func:`~effrank_utils.records.run_folder.rows_digest` of the
         study's rows it confirms), ``band`` and ``reference_accuracy`` (the study's own), ``budget`` (shorter and
         longer), ``ranks`` retrained, ``before`` and ``after`` (r_lo, r_hi, knee), ``movements`` (name -> distance,
-        tolerance, settled), ``settled`` and ``verdict`` in words. Rerunning resumes the longer-budget students where they stopped.
+        tolerance, settled), ``settled`` and ``verdict`` in words. Rerunning resumes the longer-budget students
+        where they stopped.
 
     Notes
     -----

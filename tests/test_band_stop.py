@@ -5,10 +5,13 @@ import math
 
 import pytest
 
-from effrank_utils.estimate.noise import effective_margin, paired_noise_margin
+from effrank_utils.base.storage import read_json, write_json
+from effrank_utils.estimate.noise import MARGIN_RULE, effective_margin, paired_noise_margin
 from effrank_utils.records.config import config_from_dict
-from effrank_utils.records.run_folder import read_epochs
+from effrank_utils.records.run_folder import Task, read_epochs, read_row, swept_tasks
 from effrank_utils.report import analysis
+from effrank_utils.report.compare import estimator_warnings, load_studies
+from effrank_utils.run.confirm import confirm
 from effrank_utils.report.study import load_study
 from effrank_utils.run import sweep
 from effrank_utils.run.band_stop import ABOVE_BAND, BELOW_BAND, band_stop_rule
@@ -133,6 +136,44 @@ def test_band_stop_is_part_of_the_study_identity(stopped, tmp_path):
     sweep.run_sweep(stopped, tmp_path)
     with pytest.raises(ValueError, match="band_stop"):
         sweep.run_sweep(stopped.replace(band_stop=0.05), tmp_path)
+
+
+def test_the_study_records_its_margin_rule_and_each_epoch_what_the_student_was_judged_by(stopped, tmp_path):
+    sweep.run_sweep(stopped, tmp_path / "band")
+    sweep.run_sweep(stopped.replace(band_stop=0.0), tmp_path / "plain")
+    assert read_json(tmp_path / "band" / "config.json")["band_margin"] == MARGIN_RULE == "paired"
+    assert read_json(tmp_path / "plain" / "config.json")["band_margin"] is None
+    band, plain = read_epochs(tmp_path / "band"), read_epochs(tmp_path / "plain")
+    assert band["val_discordant"].between(0, 1).all() and plain["val_discordant"].isna().all()
+    row = read_row(tmp_path / "band", Task(16, 0))
+    assert all("val_discordant" in h for h in row["history"])
+    for name, margin in (("band", "paired"), ("plain", None)):
+        study = load_study(tmp_path / name)
+        assert analysis.summary(study, analysis.analyze(study), "teacher")["estimator"]["band_stop_margin"] == margin
+
+
+def test_a_study_from_before_the_rule_was_recorded_is_named_so_and_neither_extended_nor_confirmed(stopped, tmp_path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    sweep.run_sweep(stopped, old)
+    sweep.run_sweep(stopped, new)
+    record = read_json(old / "config.json")
+    del record["band_margin"]  # as an effrank before the record wrote it
+    write_json(old / "config.json", record)
+    study = load_study(old)
+    analysis.save_results(study, analysis.analyze(study), "teacher")
+    assert read_json(old / "summary.json")["estimator"]["band_stop_margin"] == "unrecorded"
+    assert ("stopped once 0.02 (with a noise margin the run folder does not record: made by an earlier effrank) "
+            "outside the band") in analysis.headline(old)
+    (warning,) = estimator_warnings(load_studies([old, new], ["old", "new"]))
+    assert warning.startswith("band_stop_margin differs (old: 'unrecorded', new: 'paired')")
+    tasks = swept_tasks(old)
+    refused = r"stopped by an earlier \(unrecorded\) noise margin of the band stop; this effrank's is 'paired'"
+    with pytest.raises(ValueError, match=refused):
+        sweep.run_sweep(stopped.replace(ranks=[1, 2, 16]), old)
+    with pytest.raises(ValueError, match=refused):
+        confirm(old)
+    assert swept_tasks(old) == tasks and not (old / "confirm").exists()
+    assert "band_margin" not in read_json(old / "config.json")
 
 
 @pytest.mark.parametrize("change, match", [

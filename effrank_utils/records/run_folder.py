@@ -2,7 +2,7 @@
 
 Layout::
 
-    config.json            written by effrank: the study's config, data fingerprint and identity
+    config.json            written by effrank: the study's config, data fingerprint, identity, band-stop rule
     teacher.pt             teacher weights + the config and data fingerprint that made them
     teacher.json           teacher status and accuracy (for people); teacher_metrics.csv: per-epoch metrics
     teacher.state.pt       resumable checkpoint while the teacher trains; teacher.lock: held while it trains
@@ -12,7 +12,7 @@ Layout::
     teacher_cache/         fp16 teacher logits per epoch (``cache_teacher``)
     tensorboard/           per-epoch curves of the teacher and each student, and the study's curve (``tensorboard``)
     sweep.csv              all finished rows, sorted by (rank, seed), rebuilt atomically after every task
-    epochs.csv             every student's per-epoch loss, validation and test accuracy (rebuilt with sweep.csv)
+    epochs.csv             every student's per-epoch loss, validation (and band-stop) and test accuracy (with sweep.csv)
     coverage.json          per block: which linear maps the students factorize and which stay dense
     spectra.csv            per factorized map of the teacher: training-free rank measures of its singular values
     spectra.json           those singular values (by map) and the measures' medians per map kind, block, model
@@ -54,6 +54,7 @@ from ..base.storage import (
     write_json,
     write_text,
 )
+from ..estimate.noise import MARGIN_RULE
 from ..version import __version__
 from .config import STUDY_FIELDS, TEACHER_FIELDS, StudyConfig, config_from_json, diff
 
@@ -89,7 +90,9 @@ WORKER_FAILURE = "worker failed"
 COLUMNS = ("rank", "seed", "status", "params", "teacher_params", "compression", "final_accuracy",
            "best_accuracy", "best_epoch", "zero_shot_accuracy", "epochs", "stop_reason", "val_accuracy", "init",
            "loss", "seconds", "failure")
-EPOCH_FIELDS = ("epoch", "lr", "loss", "val_accuracy", "test_accuracy")  # a student's epochs, in its row
+#: A student's epochs, in its row: ``val_discordant`` (the share of validation images it and the teacher disagree
+#: on being right) is what the band stop judged it by, and absent from students trained without it.
+EPOCH_FIELDS = ("epoch", "lr", "loss", "val_accuracy", "val_discordant", "test_accuracy")
 EPOCH_COLUMNS = ("rank", "seed", *EPOCH_FIELDS)  # of epochs.csv
 TASK_FILE = re.compile(r"r(\d+)_s(\d+)\.json")
 CONFIRM_RECORD = re.compile(r"x(\d+)\.json")  # confirm/x<F>.json
@@ -278,15 +281,34 @@ def prepare_run(config: StudyConfig, run_dir: str | Path, data_fingerprint: str,
             check_same_study(f"run_dir: {run_dir} (its teacher)", teacher.get("config", {}),
                              teacher.get("data_fingerprint"), config, data_fingerprint, TEACHER_FIELDS)
         check_rows(run_dir, study_identity(config, data_fingerprint))
+        if (run_dir / CONFIG_JSON).exists() and swept_tasks(run_dir):
+            check_band_margin(run_dir, read_record(run_dir), config)
         remove_stale_temporaries(run_dir, RUN_FOLDER_NAMES)
         remove_stale_temporaries(run_dir / TASK_DIR)
         write_record(run_dir, config, data_fingerprint, environment, preprocessing)
     return run_dir
 
 
+def band_margin(config: StudyConfig) -> str | None:
+    """The noise-margin rule the band stop of a study of ``config`` stops students by (None: no band stop)."""
+    return MARGIN_RULE if config.band_stop else None
+
+
+def check_band_margin(run_dir: str | Path, record: dict, config: StudyConfig) -> None:
+    """Refuse to add to, or to confirm, a band-stop study (``record``: its ``config.json``) whose students were
+    stopped by another noise-margin rule than this effrank's."""
+    used = record.get("band_margin")
+    if config.band_stop and used != MARGIN_RULE:
+        used = f"the {used!r}" if used else "an earlier (unrecorded)"
+        raise ValueError(f"run_dir: the students in {run_dir} were stopped by {used} noise margin of the band stop; "
+                         f"this effrank's is {MARGIN_RULE!r} (2 standard errors of a student's difference from the "
+                         "teacher). Use a new run directory (or --fresh) instead of mixing results.")
+
+
 def write_record(run_dir: str | Path, config: StudyConfig, data_fingerprint: str,
                  environment: dict | None = None, preprocessing: dict | None = None) -> Path:
-    """Write ``config.json``: who wrote it, the config, the data fingerprint, the study identity, and what it was
+    """Write ``config.json``: who wrote it, the config, the data fingerprint, the study identity, the band stop's
+    noise-margin rule (:func:`band_margin`), and what it was
     computed with: ``environment`` (this run's library versions, threads, device and commit), every distinct
     environment that has computed into the folder (``environments``, oldest first) and the ``preprocessing`` of
     its model input (statistics, interpolation, resize and crop; kept from before when not given)."""
@@ -297,7 +319,7 @@ def write_record(run_dir: str | Path, config: StudyConfig, data_fingerprint: str
         seen = [*seen, environment]
     return write_json(path, {
         "written_by": WRITTEN_BY, "version": __version__, "identity": study_identity(config, data_fingerprint),
-        "data_fingerprint": data_fingerprint, "config": config.to_dict(),
+        "data_fingerprint": data_fingerprint, "config": config.to_dict(), "band_margin": band_margin(config),
         "preprocessing": preprocessing if preprocessing is not None else before.get("preprocessing"),
         "environment": environment if environment is not None else (seen[-1] if seen else None),
         "environments": seen})

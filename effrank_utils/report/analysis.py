@@ -13,7 +13,7 @@ import pandas as pd
 from ..base.storage import read_json, write_json
 from ..estimate.convergence import Convergence, convergence
 from ..estimate.curves import DEFAULT_BAND, QUANTITY_LABELS, EffectiveRankResult, effective_rank, sensitivity_table
-from ..estimate.noise import NOISE_Z
+from ..estimate.noise import MARGIN_RULE, NOISE_Z
 from ..estimate.spectra import MEASURES, summarize
 from ..records.run_folder import COVERAGE_JSON, SUMMARY_JSON, rows_digest
 from .plotting import plot_convergence, plot_effective_rank, plot_spectra, save_figure
@@ -172,6 +172,21 @@ def summary_text(study: Study, result: EffectiveRankResult, found: Convergence |
     return f"{text} {confirmed[0].upper()}{confirmed[1:]}."
 
 
+UNRECORDED = "unrecorded"  # the band-stop margin of a run folder made before effrank recorded it
+#: How the headline says "clearly outside the band", by the band stop's noise-margin rule.
+MARGIN_WORDS = {
+    MARGIN_RULE: f"or {NOISE_Z:g} standard errors of its difference from the teacher on the validation split, if more",
+    UNRECORDED: "with a noise margin the run folder does not record: made by an earlier effrank",
+}
+
+
+def band_stop_margin(study: Study) -> str | None:
+    """The noise-margin rule the band stop stopped the study's students by
+    (:data:`~effrank_utils.estimate.noise.MARGIN_RULE`), :data:`UNRECORDED` for a run folder made before effrank
+    recorded it, None without a band stop."""
+    return (study.band_margin or UNRECORDED) if study.config.band_stop else None
+
+
 def summary(study: Study, result: EffectiveRankResult, reference: str | float,
             found: Convergence | None = None) -> dict:
     """The JSON-ready record of a study's result (``summary.json``).
@@ -190,7 +205,7 @@ def summary(study: Study, result: EffectiveRankResult, reference: str | float,
         "estimator": {"init": config.init, "loss": config.loss, "student_epochs": config.student_epochs,
                       "student_patience": config.student_patience, "student_schedule": config.student_schedule,
                       "validation_fraction": config.validation_fraction, "targets": list(config.targets),
-                      "band_stop": config.band_stop},
+                      "band_stop": config.band_stop, "band_stop_margin": band_stop_margin(study)},
         "teacher_accuracy": study.teacher_accuracy,
         "reference": {"kind": reference if isinstance(reference, str) else "value", "accuracy": result.reference},
         "band": list(result.band),
@@ -259,8 +274,8 @@ def headline(run_dir: str | Path) -> str:
               f"{estimator['student_patience']})" if estimator.get("student_patience")
               else f"{estimator['student_epochs']} epochs")
     if estimator.get("band_stop"):
-        budget += (f", stopped once {estimator['band_stop']:g} (or {NOISE_Z:g} standard errors of its difference "
-                   "from the teacher on the validation split, if more) outside the band")
+        margin = MARGIN_WORDS.get(estimator.get("band_stop_margin"), MARGIN_WORDS[UNRECORDED])
+        budget += f", stopped once {estimator['band_stop']:g} ({margin}) outside the band"
         if summary["knee"] is not None:
             knee += " (of students stopped above the band: not their converged knee)"
     return (f"effective-rank region [{facts['region_low']}, {facts['region_high']}] ({lo:.0%}-{hi:.0%} of "

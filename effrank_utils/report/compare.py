@@ -17,14 +17,14 @@ from ..base.storage import write_json
 from ..estimate.convergence import describe_movements, movements
 from ..estimate.curves import CROSSED, EffectiveRankResult
 from ..records.run_folder import is_run_folder
-from .analysis import analyze, study_convergence
+from .analysis import analyze, band_stop_margin, study_convergence
 from .plotting import save_figure
 from .study import Study, load_finished_study
 
-#: What an estimate depends on besides the model and the data: studies differing in one of these measure
-#: different things.
+#: What an estimate depends on besides the model and the data: studies differing in one of these (or in the band
+#: stop's noise-margin rule, ``band_stop_margin``) measure different things.
 ESTIMATOR_FIELDS = ("init", "loss", "targets", "student_epochs", "student_patience", "student_schedule",
-                    "student_lr", "kd_temperature", "kd_alpha", "validation_fraction", "reference", "band")
+                    "student_lr", "kd_temperature", "kd_alpha", "validation_fraction", "reference", "band", "band_stop")
 
 
 @dataclass(frozen=True)
@@ -73,14 +73,15 @@ def check_out_dir(out_dir: str | Path, run_dirs: Sequence[str | Path]) -> None:
 
 
 def _estimator(study: Study) -> dict:
-    return {name: getattr(study.config, name) for name in ESTIMATOR_FIELDS}
+    fields = {name: getattr(study.config, name) for name in ESTIMATOR_FIELDS}
+    return fields | {"band_stop_margin": band_stop_margin(study)}
 
 
 def estimator_warnings(compared: Sequence[Compared]) -> list[str]:
     """One line per estimator field whose value differs between the studies."""
     values = [_estimator(c.study) for c in compared]
     lines = []
-    for name in ESTIMATOR_FIELDS:
+    for name in values[0]:
         seen = [v[name] for v in values]
         if any(s != seen[0] for s in seen[1:]):
             shown = ", ".join(f"{c.label}: {v!r}" for c, v in zip(compared, seen))
@@ -138,8 +139,8 @@ def budget_checks(compared: Sequence[Compared]) -> list[dict]:
     ``distance``, ``tolerance``, ``settled``), and ``verdict`` in words.
     """
     def same_study(a: Compared, b: Compared) -> bool:
-        fixed = [n for n in ESTIMATOR_FIELDS if n not in BUDGET_FIELDS]
         ea, eb = _estimator(a.study), _estimator(b.study)
+        fixed = [n for n in ea if n not in BUDGET_FIELDS]
         return (all(ea[n] == eb[n] for n in fixed) and a.study.config.seed == b.study.config.seed
                 and a.study.teacher_accuracy == b.study.teacher_accuracy
                 and (a.study.config.model, a.study.config.dataset) == (b.study.config.model, b.study.config.dataset))

@@ -44,6 +44,7 @@ class Study:
     environments: tuple[dict, ...] = ()  # what computed into it (versions, threads, device, commit), oldest first
     preprocessing: dict | None = None  # what made the model input (statistics, interpolation, resize, crop)
     confirmations: dict[int, dict] = field(default_factory=dict)  # effrank confirm's records, by factor
+    band_margin: str | None = None  # the band stop's noise-margin rule, as config.json records it (if it does)
 
     @property
     def complete(self) -> bool:
@@ -98,7 +99,7 @@ def load_study(run_dir: str | Path) -> Study:
     return Study(run_dir, config, float(teacher["accuracy"]), ok.reset_index(drop=True),
                  failed.reset_index(drop=True), epochs, read_spectra(run_dir),
                  tuple(missing_tasks(run_dir, config, table)), tuple(record.get("environments", ())),
-                 record.get("preprocessing"), read_confirmations(run_dir))
+                 record.get("preprocessing"), read_confirmations(run_dir), record.get("band_margin"))
 
 
 def load_finished_study(run_dir: str | Path) -> Study:

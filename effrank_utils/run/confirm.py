@@ -29,9 +29,11 @@ from ..records.run_folder import (
     SWEEP_CSV,
     TEACHER_FILE,
     TEACHER_JSON,
+    check_band_margin,
     confirm_paths,
     load_run_config,
     missing_tasks,
+    read_record,
     read_sweep,
     rows_digest,
 )
@@ -122,6 +124,7 @@ def confirm(run_dir: str | Path, factor: int = 2, data: ImageData | None = None)
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     longer = longer_budget(config, factor)
+    check_band_margin(run_dir, read_record(run_dir), config)
     table = read_sweep(run_dir)
     if missing := missing_tasks(run_dir, config, table):
         raise ValueError(f"run_dir: {run_dir} lacks {len(missing)} student(s) (e.g. rank {missing[0].rank} seed "

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from effrank_utils.estimate.convergence import accuracy_at_budget, budget_steps, convergence
-from effrank_utils.estimate.curves import effective_rank
+from effrank_utils.estimate.convergence import Movement, accuracy_at_budget, budget_steps, convergence
+from effrank_utils.estimate.curves import NOT_REACHED, effective_rank
 from effrank_utils.records.run_folder import EPOCHS_CSV, read_epochs
 from effrank_utils.report import analysis
 from effrank_utils.report.study import load_study
@@ -256,9 +256,18 @@ def test_the_last_budget_is_the_reported_estimate():
 def test_converged_when_the_last_doubling_moves_nothing():
     table = epochs_table(FINAL, {r: 0.002 for r in RANKS}, stopped={}, cap=16)
     found = convergence(table, 1.0, stop_reasons=["cap"] * 3 + ["plateau"] * 2)
-    assert found.converged and found.verdict().startswith("converged")
+    assert found.converged and found.verdict().startswith("converged (r_lo moved ")
+    # every quantity is named with how far it moved against its tolerance, not only "less than"
+    assert found.verdict() == ("converged (r_lo moved 0.00 (tolerance 0.50); r_hi not reached at both budgets; "
+                               "knee moved 0.00 (tolerance 0.50) from 8 to 16 epochs)")
     assert found.to_dict()["stop_reasons"] == {"cap": 3, "plateau": 2}
     assert all(step["settled"] for step in found.to_dict()["last_step"].values())
+
+
+def test_a_quantity_missing_at_both_budgets_for_the_same_reason_is_said_so():
+    step = Movement("region_high", (NOT_REACHED, None), (NOT_REACHED, None))
+    assert step.settled and step.describe() == "r_hi not reached at both budgets"
+    assert Movement("knee", ("defined", 4.0), ("defined", 4.25)).describe() == "knee moved 0.25 (tolerance 0.50)"
 
 
 def test_not_converged_when_the_region_still_moves():

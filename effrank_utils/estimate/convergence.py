@@ -94,6 +94,8 @@ class Movement:
 
     def describe(self) -> str:
         label = QUANTITY_LABELS[self.name]
+        if self.before[1] is None and self.after[1] is None and self.before[0] == self.after[0]:
+            return f"{label} {self.after[0].replace('_', ' ')} at both budgets"
         if math.isinf(self.distance):
             show = lambda s: f"{s[1]:.2f}" if s[1] is not None else s[0]  # noqa: E731
             return f"{label} changed from {show(self.before)} to {show(self.after)}"
@@ -122,17 +124,16 @@ class Convergence:
         return not self.missing and bool(self.movements) and all(m.settled for m in self.movements)
 
     def verdict(self) -> str:
-        """``converged`` or ``not converged: train longer (...)`` in words (or why the study is incomplete)."""
+        """``converged (...)`` or ``not converged: train longer (...)`` in words, naming how far each quantity moved
+        against its tolerance (all of them when converged, so that one close to its tolerance is seen as such; those
+        that did not settle otherwise), or why the study is incomplete."""
         if self.missing:
             return (f"not converged: the study is incomplete (no result for {describe_missing(self.missing)}); "
                     "rerun the sweep to finish it")
         if not self.movements:
             return "not converged: train longer (one budget only; the students trained a single epoch)"
-        if self.converged:
-            return (f"converged (r_lo, r_hi and knee moved less than max({ABSOLUTE_TOLERANCE:g}, "
-                    f"{RELATIVE_TOLERANCE:.0%} of the rank) from {self.budgets[-2]} to {self.budgets[-1]} epochs)")
-        moved = "; ".join(m.describe() for m in self.movements if not m.settled)
-        return f"not converged: train longer ({moved} from {self.budgets[-2]} to {self.budgets[-1]} epochs)"
+        said = "converged" if self.converged else "not converged: train longer"
+        return f"{said} ({describe_movements(self.movements)} from {self.budgets[-2]} to {self.budgets[-1]} epochs)"
 
     def table(self) -> pd.DataFrame:
         """One line per budget: r_lo, r_hi and knee (NaN where missing)."""

@@ -54,7 +54,7 @@ from ..base.storage import (
     write_json,
     write_text,
 )
-from ..estimate.noise import MARGIN_RULE
+from ..estimate.noise import MARGIN_RULE, NOISE_Z
 from ..version import __version__
 from .config import STUDY_FIELDS, TEACHER_FIELDS, StudyConfig, config_from_json, diff
 
@@ -301,8 +301,8 @@ def check_band_margin(run_dir: str | Path, record: dict, config: StudyConfig) ->
     if config.band_stop and used != MARGIN_RULE:
         used = f"the {used!r}" if used else "an earlier (unrecorded)"
         raise ValueError(f"run_dir: the students in {run_dir} were stopped by {used} noise margin of the band stop; "
-                         f"this effrank's is {MARGIN_RULE!r} (2 standard errors of a student's difference from the "
-                         "teacher). Use a new run directory (or --fresh) instead of mixing results.")
+                         f"this effrank's is {MARGIN_RULE!r} ({NOISE_Z:g} standard errors of a student's difference "
+                         "from the teacher). Use a new run directory (or --fresh) instead of mixing results.")
 
 
 def write_record(run_dir: str | Path, config: StudyConfig, data_fingerprint: str,

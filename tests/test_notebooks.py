@@ -140,7 +140,7 @@ def test_summary_matches_the_curve_analysis_of_the_csv(smoke_run):
     assert summary["knee"] == pytest.approx(expected.knee, abs=1e-9)
     assert summary["estimator"] == {"init": "svd", "loss": "kd", "student_epochs": 1, "student_patience": 0,
                                     "student_schedule": "cosine", "validation_fraction": 0.0, "targets": ["all"],
-                                    "band_stop": 0.0}
+                                    "band_stop": 0.0, "band_stop_margin": None}
     assert len(summary["table"]) == 5 and summary["config"]["preset"] == "smoke"
     assert np.isclose(summary["teacher_accuracy"], json.loads((run_dir / "teacher.json").read_text())["accuracy"])
 

@@ -131,3 +131,14 @@ def test_student_budget_experiment_records_each_rule(tmp_path):
     assert all(r["stop_reason"] == "cap" for r in cosine["rows"])  # no patience: every rank runs the budget
     assert plateau["fields"] == {"validation_fraction": 0.2, "student_epochs": 3}  # the preset's own rule
     assert plateau["student_epochs"] == sum(r["epochs"] for r in plateau["rows"])
+
+
+def test_student_step_experiment_times_the_same_steps_three_ways(tmp_path):
+    out = tmp_path / "step.json"
+    run("bench/student_step.py", "--preset", "smoke", "--ranks", "1", "2", "--rounds", "1", "--steps", "1",
+        "--out", str(out))
+    record = json.loads(out.read_text())
+    assert set(record["ms_per_group_step"]) == {"one after another", "stacked"}  # compiled only with --compile
+    assert record["vs_one_after_another"]["one after another"] == 1.0
+    assert record["gradient_gap"] < 1e-5  # the stacked students take the same steps as one after another
+    assert set(record["epoch_cost_by_batch"]["relative"]) == {"64", "128", "256"}

@@ -289,7 +289,7 @@ def test_a_level_that_appears_in_the_last_step_is_not_settled():
     found = convergence(epochs_table(final, rise, stopped={}, cap=8), 0.99)
     high = next(m for m in found.movements if m.name == "region_high")
     assert high.before[0] == "not_reached" and not high.settled
-    assert "r_hi changed from not_reached to" in found.verdict()
+    assert "r_hi changed from not reached to" in found.verdict()
 
 
 # ------------------------------------------------------------------------------------------ the study

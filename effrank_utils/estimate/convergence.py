@@ -97,7 +97,7 @@ class Movement:
         if self.before[1] is None and self.after[1] is None and self.before[0] == self.after[0]:
             return f"{label} {self.after[0].replace('_', ' ')} at both budgets"
         if math.isinf(self.distance):
-            show = lambda s: f"{s[1]:.2f}" if s[1] is not None else s[0]  # noqa: E731
+            show = lambda s: f"{s[1]:.2f}" if s[1] is not None else s[0].replace("_", " ")  # noqa: E731
             return f"{label} changed from {show(self.before)} to {show(self.after)}"
         return f"{label} moved {self.distance:.2f} (tolerance {self.tolerance:.2f})"
 

@@ -240,7 +240,8 @@ def _teacher_record(run_dir: Path) -> dict | None:
 
 def check_config(run_dir: str | Path, config: StudyConfig) -> None:
     """Refuse ``run_dir`` if it is a folder effrank did not make, or if it holds a study with other settings
-    (the config's fields only: cheap, before the data is loaded)."""
+    (the config's fields, and the band stop's margin rule of students it holds: cheap, before the data is
+    loaded)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return
@@ -257,6 +258,8 @@ def check_config(run_dir: str | Path, config: StudyConfig) -> None:
                          f"{'file' if kind == 'folder' else 'folder'}; move it out of the run folder")
     if (run_dir / CONFIG_JSON).exists():
         check_same_study(f"run_dir: {run_dir}", read_record(run_dir)["config"], None, config, None)
+        if swept_tasks(run_dir) or tasks_in_training(run_dir):
+            check_band_margin(run_dir, read_record(run_dir), config)
 
 
 def prepare_run(config: StudyConfig, run_dir: str | Path, data_fingerprint: str,
@@ -281,8 +284,6 @@ def prepare_run(config: StudyConfig, run_dir: str | Path, data_fingerprint: str,
             check_same_study(f"run_dir: {run_dir} (its teacher)", teacher.get("config", {}),
                              teacher.get("data_fingerprint"), config, data_fingerprint, TEACHER_FIELDS)
         check_rows(run_dir, study_identity(config, data_fingerprint))
-        if (run_dir / CONFIG_JSON).exists() and swept_tasks(run_dir):
-            check_band_margin(run_dir, read_record(run_dir), config)
         remove_stale_temporaries(run_dir, RUN_FOLDER_NAMES)
         remove_stale_temporaries(run_dir / TASK_DIR)
         write_record(run_dir, config, data_fingerprint, environment, preprocessing)
@@ -295,14 +296,15 @@ def band_margin(config: StudyConfig) -> str | None:
 
 
 def check_band_margin(run_dir: str | Path, record: dict, config: StudyConfig) -> None:
-    """Refuse to add to, or to confirm, a band-stop study (``record``: its ``config.json``) whose students were
+    """Refuse to train into, or to confirm, a band-stop study (``record``: its ``config.json``) whose students were
     stopped by another noise-margin rule than this effrank's."""
     used = record.get("band_margin")
     if config.band_stop and used != MARGIN_RULE:
         used = f"the {used!r}" if used else "an earlier (unrecorded)"
         raise ValueError(f"run_dir: the students in {run_dir} were stopped by {used} noise margin of the band stop; "
                          f"this effrank's is {MARGIN_RULE!r} ({NOISE_Z:g} standard errors of a student's difference "
-                         "from the teacher). Use a new run directory (or --fresh) instead of mixing results.")
+                         "from the teacher). Train the study again in a new run directory (effrank sweep --fresh "
+                         "replaces this one) instead of mixing results.")
 
 
 def write_record(run_dir: str | Path, config: StudyConfig, data_fingerprint: str,

@@ -274,7 +274,8 @@ def headline(run_dir: str | Path) -> str:
               f"{estimator['student_patience']})" if estimator.get("student_patience")
               else f"{estimator['student_epochs']} epochs")
     if estimator.get("band_stop"):
-        margin = MARGIN_WORDS.get(estimator.get("band_stop_margin"), MARGIN_WORDS[UNRECORDED])
+        rule = estimator.get("band_stop_margin") or UNRECORDED  # summaries before the record name none
+        margin = MARGIN_WORDS.get(rule, f"with the band stop's {rule!r} noise margin")
         budget += f", stopped once {estimator['band_stop']:g} ({margin}) outside the band"
         if summary["knee"] is not None:
             knee += " (of students stopped above the band: not their converged knee)"

@@ -8,7 +8,7 @@ import pytest
 from effrank_utils.base.storage import read_json, write_json
 from effrank_utils.estimate.noise import MARGIN_RULE, effective_margin, paired_noise_margin
 from effrank_utils.records.config import config_from_dict
-from effrank_utils.records.run_folder import Task, read_epochs, read_row, swept_tasks
+from effrank_utils.records.run_folder import Task, check_config, read_epochs, read_row, swept_tasks
 from effrank_utils.report import analysis
 from effrank_utils.report.compare import estimator_warnings, load_studies
 from effrank_utils.run.confirm import confirm
@@ -168,6 +168,8 @@ def test_a_study_from_before_the_rule_was_recorded_is_named_so_and_neither_exten
     assert warning.startswith("band_stop_margin differs (old: 'unrecorded', new: 'paired')")
     tasks = swept_tasks(old)
     refused = r"stopped by an earlier \(unrecorded\) noise margin of the band stop; this effrank's is 'paired'"
+    with pytest.raises(ValueError, match=refused):
+        check_config(old, stopped)  # with the cheap checks, before the data is loaded
     with pytest.raises(ValueError, match=refused):
         sweep.run_sweep(stopped.replace(ranks=[1, 2, 16]), old)
     with pytest.raises(ValueError, match=refused):

@@ -7,21 +7,22 @@ import pytest
 
 from effrank_utils.base.storage import read_json, write_json
 from effrank_utils.estimate.noise import MARGIN_RULE, effective_margin, paired_noise_margin
+from effrank_utils.lowrank.factorize import factorize
 from effrank_utils.records.config import config_from_dict
 from effrank_utils.records.run_folder import Task, check_config, read_epochs, read_row, swept_tasks
 from effrank_utils.report import analysis
 from effrank_utils.report.compare import estimator_warnings, load_studies
-from effrank_utils.run.confirm import confirm
 from effrank_utils.report.study import load_study
 from effrank_utils.run import sweep
 from effrank_utils.run.band_stop import ABOVE_BAND, BELOW_BAND, band_stop_rule
+from effrank_utils.run.confirm import confirm
 from effrank_utils.run.entry import load_preset
-from effrank_utils.lowrank.factorize import factorize
 from effrank_utils.run.teacher import train_teacher
 from effrank_utils.training.data import pipeline_for
 from effrank_utils.training.distill import DistillationLoss
 from effrank_utils.training.loading import load_data_for
 from effrank_utils.training.loop import Recipe, correct_predictions, discordance, fit, recipe_for
+
 
 RECIPE = Recipe(50, 1e-3, 0.0, schedule="plateau", patience=2)
 LARGE = 100_000  # validation images: a noise margin far below the margin given

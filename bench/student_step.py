@@ -86,13 +86,17 @@ def main() -> None:
     optimizers = [torch.optim.AdamW(s.parameters(), fused=True) for s in students]
 
     # ---- one after another: the teacher once, then each student's step (the fit loop)
-    def one_after_another() -> None:
-        with torch.no_grad():
-            logits = teacher(x)
-        for student, opt in zip(students, optimizers):
-            opt.zero_grad(set_to_none=True)
-            kd_loss(student(x), logits, y, t, alpha).backward()
-            opt.step()
+    def group_step(models: list[torch.nn.Module]) -> Callable[[], None]:
+        def step() -> None:
+            with torch.no_grad():
+                logits = teacher(x)
+            for model, opt in zip(models, optimizers):
+                opt.zero_grad(set_to_none=True)
+                kd_loss(model(x), logits, y, t, alpha).backward()
+                opt.step()
+        return step
+
+    one_after_another = group_step(students)
 
     # ---- stacked: one vmap over the students' parameters, padded to the largest rank
     template = factorize(teacher, max(args.ranks))
@@ -146,16 +150,7 @@ def main() -> None:
         for model in compiled:
             kd_loss(model(x), logits, y, t, alpha).backward()
         record["compile_seconds"] = time.perf_counter() - tic
-
-        def compiled_step() -> None:
-            with torch.no_grad():
-                logits = teacher(x)
-            for model, opt in zip(compiled, optimizers):
-                opt.zero_grad(set_to_none=True)
-                kd_loss(model(x), logits, y, t, alpha).backward()
-                opt.step()
-
-        record["ms_per_group_step"]["compiled"] = min(best_ms(compiled_step, args.rounds, args.steps))
+        record["ms_per_group_step"]["compiled"] = min(best_ms(group_step(compiled), args.rounds, args.steps))
     base = record["ms_per_group_step"]["one after another"]
     record["vs_one_after_another"] = {k: base / v for k, v in record["ms_per_group_step"].items()}
 

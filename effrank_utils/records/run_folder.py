@@ -54,7 +54,7 @@ from ..base.storage import (
     write_json,
     write_text,
 )
-from ..estimate.noise import MARGIN_RULE, NOISE_Z
+from ..estimate.noise import MARGIN_RULE, MARGIN_RULE_WORDS
 from ..version import __version__
 from .config import STUDY_FIELDS, TEACHER_FIELDS, StudyConfig, config_from_json, diff
 
@@ -257,9 +257,10 @@ def check_config(run_dir: str | Path, config: StudyConfig) -> None:
         raise ValueError(f"run_dir: {misplaced[0]} is a {kind}, where effrank keeps a "
                          f"{'file' if kind == 'folder' else 'folder'}; move it out of the run folder")
     if (run_dir / CONFIG_JSON).exists():
-        check_same_study(f"run_dir: {run_dir}", read_record(run_dir)["config"], None, config, None)
+        record = read_record(run_dir)
+        check_same_study(f"run_dir: {run_dir}", record["config"], None, config, None)
         if swept_tasks(run_dir) or tasks_in_training(run_dir):
-            check_band_margin(run_dir, read_record(run_dir), config)
+            check_band_margin(run_dir, record, config)
 
 
 def prepare_run(config: StudyConfig, run_dir: str | Path, data_fingerprint: str,
@@ -302,8 +303,8 @@ def check_band_margin(run_dir: str | Path, record: dict, config: StudyConfig) ->
     if config.band_stop and used != MARGIN_RULE:
         used = f"the {used!r}" if used else "an earlier (unrecorded)"
         raise ValueError(f"run_dir: the students in {run_dir} were stopped by {used} noise margin of the band stop; "
-                         f"this effrank's is {MARGIN_RULE!r} ({NOISE_Z:g} standard errors of a student's difference "
-                         "from the teacher). Train the study again in a new run directory (effrank sweep --fresh "
+                         f"this effrank's is {MARGIN_RULE!r} (a student's margin: {MARGIN_RULE_WORDS}). "
+                         "Train the study again in a new run directory (effrank sweep --fresh "
                          "replaces this one) instead of mixing results.")
 
 

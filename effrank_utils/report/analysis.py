@@ -13,7 +13,7 @@ import pandas as pd
 from ..base.storage import read_json, write_json
 from ..estimate.convergence import Convergence, convergence
 from ..estimate.curves import DEFAULT_BAND, QUANTITY_LABELS, EffectiveRankResult, effective_rank, sensitivity_table
-from ..estimate.noise import MARGIN_RULE, NOISE_Z
+from ..estimate.noise import MARGIN_RULE, MARGIN_RULE_WORDS
 from ..estimate.spectra import MEASURES, summarize
 from ..records.run_folder import COVERAGE_JSON, SUMMARY_JSON, rows_digest
 from .plotting import plot_convergence, plot_effective_rank, plot_spectra, save_figure
@@ -175,7 +175,7 @@ def summary_text(study: Study, result: EffectiveRankResult, found: Convergence |
 UNRECORDED = "unrecorded"  # the band-stop margin of a run folder made before effrank recorded it
 #: How the headline says "clearly outside the band", by the band stop's noise-margin rule.
 MARGIN_WORDS = {
-    MARGIN_RULE: f"or {NOISE_Z:g} standard errors of its difference from the teacher on the validation split, if more",
+    MARGIN_RULE: f"or {MARGIN_RULE_WORDS}, if more",
     UNRECORDED: "with a noise margin the run folder does not record: made by an earlier effrank",
 }
 

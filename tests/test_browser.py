@@ -12,7 +12,6 @@ missing browser fails the test instead of skipping it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import secrets
@@ -226,14 +225,7 @@ def test_jupyterlab_runs_notebook_03_and_the_panel_responds(browser, run_dir, st
         assert errors == []
 
 
-def snapshot(folder: Path) -> dict[str, tuple[int, int, str]]:
-    """Every file under ``folder``: size, mtime and content digest, by relative path."""
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns,
-                                         hashlib.sha256(p.read_bytes()).hexdigest())
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def test_dashboard_page_serves_the_panel_without_code_and_writes_nothing(browser, run_dir, study):
+def test_dashboard_page_serves_the_panel_without_code_and_writes_nothing(browser, run_dir, study, snapshot):
     before = snapshot(run_dir)
     port, token = free_port(), secrets.token_hex(16)
     with (dashboard_notebook(run_dir) as notebook,

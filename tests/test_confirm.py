@@ -90,14 +90,18 @@ def study(tmp_path_factory):
     return run_dir
 
 
-def snapshot(run_dir):
-    return {p.relative_to(run_dir): p.read_bytes() for p in sorted(run_dir.rglob("*"))
-            if p.is_file() and "confirm" not in p.relative_to(run_dir).parts and p.suffix != ".lock"}
+@pytest.fixture(scope="module")
+def study_files(snapshot):
+    """A snapshot of the study's own files: all but confirm/, where confirm writes, and the lock files runs take."""
+    def files(run_dir):
+        return {name: state for name, state in snapshot(run_dir).items()
+                if not name.startswith("confirm/") and not name.endswith(".lock")}
+    return files
 
 
 @pytest.fixture(scope="module")
-def confirmed(study):
-    before = snapshot(study)
+def confirmed(study, study_files):
+    before = study_files(study)
     return confirm(study, 2), before
 
 
@@ -132,12 +136,12 @@ def test_the_movements_are_those_of_the_curve_with_the_retrained_students_in_pla
     assert "patience 2, at most 6 epochs (2x)" in record["verdict"]
 
 
-def test_the_study_itself_is_only_read_and_can_still_be_extended(study, confirmed):
+def test_the_study_itself_is_only_read_and_can_still_be_extended(study, confirmed, study_files):
     _, before = confirmed
-    assert snapshot(study) == before
+    assert study_files(study) == before
     run_sweep(load_preset("smoke", STOPPED), study)  # a run folder holding confirm/ is still this study's
-    assert {k: v for k, v in snapshot(study).items() if k.parts[0] == "tasks"} == {
-        k: v for k, v in before.items() if k.parts[0] == "tasks"}  # resumed: nothing trained again
+    assert {k: v for k, v in study_files(study).items() if k.startswith("tasks/")} == {
+        k: v for k, v in before.items() if k.startswith("tasks/")}  # resumed: nothing trained again
 
 
 def test_a_second_confirm_resumes_and_gives_the_same_record(study, confirmed, capsys):
@@ -185,20 +189,21 @@ def test_the_analysis_shows_the_confirmation_of_the_study_as_it_is(study, confir
         "record": None, "stale": [], "describe": "longer budget: checked for the study's own band and reference only"}
 
 
-def test_a_confirmation_of_other_rows_is_set_aside_and_reading_writes_nothing(study, confirmed, tmp_path):
+def test_a_confirmation_of_other_rows_is_set_aside_and_reading_writes_nothing(study, confirmed, tmp_path,
+                                                                            study_files):
     record, _ = confirmed
     copy = tmp_path / "copy"
     shutil.copytree(study, copy)
     (copy / "tasks" / "r00008_s0.json").unlink()  # the study's rows change (a student to be trained again)
     write_sweep_csv(copy)
-    files = snapshot(copy), (copy / "confirm" / "x2.json").read_bytes()
+    files = study_files(copy), (copy / "confirm" / "x2.json").read_bytes()
     loaded, result = fit_of(copy)
     shown = study_confirmation(loaded, result)
     assert shown["record"] is None and shown["stale"] == [2]
     assert shown["describe"] == (f"longer budget: not checked (effrank confirm {copy}); x2 set aside, computed "
                                  "before the study's students changed")
     assert record["verdict"] not in summary_text(loaded, result)
-    assert (snapshot(copy), (copy / "confirm" / "x2.json").read_bytes()) == files  # reading wrote nothing
+    assert (study_files(copy), (copy / "confirm" / "x2.json").read_bytes()) == files  # reading wrote nothing
     write_summary(loaded, result, loaded.config.reference)
     assert f"; {shown['describe']}; estimator: " in headline(copy) and record["verdict"] not in headline(copy)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import http.client
 import json
 import os
@@ -40,13 +39,6 @@ def run_dir(tmp_path_factory) -> Path:
     return run_dir
 
 
-def snapshot(folder: Path) -> dict[str, tuple[int, int, str]]:
-    """Every file under ``folder``: size, mtime and content digest, by relative path."""
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns,
-                                         hashlib.sha256(p.read_bytes()).hexdigest())
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
@@ -62,7 +54,7 @@ def taken_port() -> Iterator[int]:
         yield other.getsockname()[1]
 
 
-def test_the_dashboard_notebook_only_reads_the_run_folder(run_dir):
+def test_the_dashboard_notebook_only_reads_the_run_folder(run_dir, snapshot):
     before = snapshot(run_dir)
     with dashboard_notebook(run_dir) as notebook:
         folder = notebook.parent

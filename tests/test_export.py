@@ -26,12 +26,7 @@ def finished(tmp_path_factory) -> Path:
     return run_dir
 
 
-def snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
-            for p in folder.rglob("*") if p.is_file()}
-
-
-def test_one_run_per_study_with_params_metrics_series_tags_and_artifacts(finished, tmp_path, capsys):
+def test_one_run_per_study_with_params_metrics_series_tags_and_artifacts(finished, tmp_path, capsys, snapshot):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     before = snapshot(finished)
     assert main(["export", str(finished), "--mlflow", uri]) == 0

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["NOISE_Z", "MARGIN_RULE", "MARGIN_RULE_WORDS", "paired_noise_margin", "effective_margin"]
+__all__ = ["NOISE_Z", "MARGIN_RULE", "MARGIN_RULE_WORDS", "UNRECORDED_MARGIN", "paired_noise_margin",
+           "effective_margin"]
 
 NOISE_Z = 2.0  # standard errors of the paired difference that "clearly" outside the band must exceed
 #: The name of this margin rule, recorded with every band-stop study (a run folder made before the record held
 #: students stopped under the teacher's binomial margin, or under this one: it cannot be told which).
 MARGIN_RULE = "paired"
 MARGIN_RULE_WORDS = f"{NOISE_Z:g} standard errors of its difference from the teacher on the validation split"
+UNRECORDED_MARGIN = "unrecorded"  # what a band-stop run folder made before the record is said to hold
 
 
 def paired_noise_margin(student_accuracy: float, teacher_accuracy: float, discordant: float, size: int) -> float:

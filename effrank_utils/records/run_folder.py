@@ -54,7 +54,7 @@ from ..base.storage import (
     write_json,
     write_text,
 )
-from ..estimate.noise import MARGIN_RULE, MARGIN_RULE_WORDS
+from ..estimate.noise import MARGIN_RULE, MARGIN_RULE_WORDS, UNRECORDED_MARGIN
 from ..version import __version__
 from .config import STUDY_FIELDS, TEACHER_FIELDS, StudyConfig, config_from_json, diff
 
@@ -301,7 +301,7 @@ def check_band_margin(run_dir: str | Path, record: dict, config: StudyConfig) ->
     stopped by another noise-margin rule than this effrank's."""
     used = record.get("band_margin")
     if config.band_stop and used != MARGIN_RULE:
-        used = f"the {used!r}" if used else "an earlier (unrecorded)"
+        used = f"the {used!r}" if used else f"an earlier ({UNRECORDED_MARGIN})"
         raise ValueError(f"run_dir: the students in {run_dir} were stopped by {used} noise margin of the band stop; "
                          f"this effrank's is {MARGIN_RULE!r} (a student's margin: {MARGIN_RULE_WORDS}). "
                          "Train the study again in a new run directory (effrank sweep --fresh "

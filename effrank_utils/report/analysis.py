@@ -13,7 +13,7 @@ import pandas as pd
 from ..base.storage import read_json, write_json
 from ..estimate.convergence import Convergence, convergence
 from ..estimate.curves import DEFAULT_BAND, QUANTITY_LABELS, EffectiveRankResult, effective_rank, sensitivity_table
-from ..estimate.noise import MARGIN_RULE, MARGIN_RULE_WORDS
+from ..estimate.noise import MARGIN_RULE, MARGIN_RULE_WORDS, UNRECORDED_MARGIN
 from ..estimate.spectra import MEASURES, summarize
 from ..records.run_folder import COVERAGE_JSON, SUMMARY_JSON, rows_digest
 from .plotting import plot_convergence, plot_effective_rank, plot_spectra, save_figure
@@ -172,19 +172,18 @@ def summary_text(study: Study, result: EffectiveRankResult, found: Convergence |
     return f"{text} {confirmed[0].upper()}{confirmed[1:]}."
 
 
-UNRECORDED = "unrecorded"  # the band-stop margin of a run folder made before effrank recorded it
 #: How the headline says "clearly outside the band", by the band stop's noise-margin rule.
 MARGIN_WORDS = {
     MARGIN_RULE: f"or {MARGIN_RULE_WORDS}, if more",
-    UNRECORDED: "with a noise margin the run folder does not record: made by an earlier effrank",
+    UNRECORDED_MARGIN: "with a noise margin the run folder does not record: made by an earlier effrank",
 }
 
 
 def band_stop_margin(study: Study) -> str | None:
-    """The noise-margin rule the band stop stopped the study's students by
-    (:data:`~effrank_utils.estimate.noise.MARGIN_RULE`), :data:`UNRECORDED` for a run folder made before effrank
-    recorded it, None without a band stop."""
-    return (study.band_margin or UNRECORDED) if study.config.band_stop else None
+    """The noise-margin rule the band stop stopped the study's students by (``MARGIN_RULE`` of
+    :mod:`effrank_utils.estimate.noise`), ``UNRECORDED_MARGIN`` for a run folder made before effrank recorded it,
+    None without a band stop."""
+    return (study.band_margin or UNRECORDED_MARGIN) if study.config.band_stop else None
 
 
 def summary(study: Study, result: EffectiveRankResult, reference: str | float,
@@ -274,7 +273,7 @@ def headline(run_dir: str | Path) -> str:
               f"{estimator['student_patience']})" if estimator.get("student_patience")
               else f"{estimator['student_epochs']} epochs")
     if estimator.get("band_stop"):
-        rule = estimator.get("band_stop_margin") or UNRECORDED  # summaries before the record name none
+        rule = estimator.get("band_stop_margin") or UNRECORDED_MARGIN  # summaries before the record name none
         margin = MARGIN_WORDS.get(rule, f"with the band stop's {rule!r} noise margin")
         budget += f", stopped once {estimator['band_stop']:g} ({margin}) outside the band"
         if summary["knee"] is not None:

@@ -142,3 +142,33 @@ def test_student_step_experiment_times_the_same_steps_three_ways(tmp_path):
     assert record["vs_one_after_another"]["one after another"] == 1.0
     assert record["gradient_gap"] < 1e-5  # the stacked students take the same steps as one after another
     assert set(record["epoch_cost_by_batch"]["relative"]) == {"64", "128", "256"}
+
+
+def test_fewer_deciders_reads_a_subset_of_a_study_as_its_own_sweep_and_writes_nothing(tmp_path, snapshot):
+    from effrank_utils.estimate.convergence import convergence
+    from effrank_utils.estimate.curves import effective_rank
+    from effrank_utils.report.analysis import analyze, study_convergence
+    from effrank_utils.report.study import load_study
+    from effrank_utils.run.entry import load_preset
+    from effrank_utils.run.sweep import run_sweep
+
+    study_dir, out = tmp_path / "study", tmp_path / "fewer.json"
+    run_sweep(load_preset("smoke", validation_fraction=0.2, student_epochs=2), study_dir)
+    before = snapshot(study_dir)
+    run("bench/fewer_deciders.py", str(study_dir), "--sets", "1,2,4,8", "8,1,4", "--out", str(out))
+    assert snapshot(study_dir) == before
+    everything, fewer = json.loads(out.read_text())["sets"]
+    study = load_study(study_dir)
+    whole = analyze(study, n_bootstrap=0)
+    assert (everything["region"], everything["knee"]) == ([whole.region_low, whole.region_high], whole.knee)
+    assert everything["verdict"] == study_convergence(study).verdict()
+    assert everything["student_epochs"] == study.table["epochs"].sum()
+    rows = study.table[study.table["rank"] != 2]
+    part = effective_rank(rows["rank"], rows["final_accuracy"], study.teacher_accuracy, n_bootstrap=0)
+    assert fewer["ranks"] == [1, 4, 8] and fewer["students"] == 3
+    assert (fewer["region"], fewer["knee"]) == ([part.region_low, part.region_high], part.knee)
+    assert fewer["student_epochs"] == rows["epochs"].sum()
+    assert fewer["verdict"] == convergence(study.epochs[study.epochs["rank"] != 2], study.teacher_accuracy).verdict()
+    refused = subprocess.run([sys.executable, "bench/fewer_deciders.py", str(study_dir), "--sets", "1,3"],
+                             cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode != 0 and "--sets: ranks [3] have no finished student" in refused.stderr

@@ -35,12 +35,14 @@ def subset(study: Study, ranks: tuple[int, ...]) -> dict:
     if missing:
         raise SystemExit(f"--sets: ranks {missing} have no finished student in {study.run_dir}")
     part = dataclasses.replace(study, table=study.table[study.table["rank"].isin(ranks)],
-                               epochs=study.epochs[study.epochs["rank"].isin(ranks)], missing=())
+                               epochs=study.epochs[study.epochs["rank"].isin(ranks)],
+                               missing=tuple(t for t in study.missing if t.rank in ranks))
     band, reference = study_settings(part)
     result, found = analyze(part, band, reference, n_bootstrap=0), study_convergence(part, band, reference)
     return {"ranks": list(ranks), "students": len(part.table), "student_epochs": int(part.table["epochs"].sum()),
             "region": [result.region_low, result.region_high], "knee": result.knee,
-            "converged": found.converged, "verdict": found.verdict()}
+            "converged": found is not None and found.converged,
+            "verdict": found.verdict() if found is not None else "not checked: the study has no per-epoch records"}
 
 
 def shown(rank: float | None) -> str:

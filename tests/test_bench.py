@@ -172,3 +172,18 @@ def test_fewer_deciders_reads_a_subset_of_a_study_as_its_own_sweep_and_writes_no
     refused = subprocess.run([sys.executable, "bench/fewer_deciders.py", str(study_dir), "--sets", "1,3"],
                              cwd=ROOT, capture_output=True, text=True)
     assert refused.returncode != 0 and "--sets: ranks [3] have no finished student" in refused.stderr
+
+
+def test_fewer_deciders_keeps_the_missing_students_of_the_ranks_it_reads(tmp_path):
+    from effrank_utils.records.run_folder import write_sweep_csv
+    from effrank_utils.run.entry import load_preset
+    from effrank_utils.run.sweep import run_sweep
+
+    study_dir, out = tmp_path / "study", tmp_path / "fewer.json"
+    run_sweep(load_preset("smoke", ranks=(1, 2, 4), seeds=(0, 1), student_epochs=1), study_dir)
+    (study_dir / "tasks" / "r00002_s1.json").unlink()  # rank 2 seed 1 has no result yet
+    write_sweep_csv(study_dir)
+    run("bench/fewer_deciders.py", str(study_dir), "--sets", "1,2,4", "1,4", "--out", str(out))
+    with_rank_2, without = json.loads(out.read_text())["sets"]
+    assert with_rank_2["verdict"].startswith("not converged: the study is incomplete (no result for rank 2 seed 1)")
+    assert not with_rank_2["converged"] and "incomplete" not in without["verdict"]
